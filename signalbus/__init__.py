@@ -1,0 +1,13 @@
+"""Send messages recorded in PostgreSQL over a message bus the moment they commit."""
+
+from .atomic import AtomicProceduresMixin, DBSerializationError, retry_on_deadlock
+from .bus import SignalBus, SignalBusMixin, get_models_to_flush
+
+__all__ = [
+    "AtomicProceduresMixin",
+    "DBSerializationError",
+    "SignalBus",
+    "SignalBusMixin",
+    "get_models_to_flush",
+    "retry_on_deadlock",
+]

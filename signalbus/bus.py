@@ -1,0 +1,216 @@
+"""The signal bus: the registry of signal models and the flush routine."""
+
+from __future__ import annotations
+
+import logging
+import operator
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine, Row
+
+from .atomic import _check_mixin_order, retry_on_deadlock
+
+__all__ = ["SignalBus", "SignalBusMixin", "get_models_to_flush"]
+
+logger = logging.getLogger(__name__)
+
+#: Default app config of the extension; every key has the ``SIGNALBUS_`` prefix.
+DEFAULT_CONFIG: dict[str, Any] = {
+    "SIGNALBUS_CHANNEL": "signalbus",
+    "SIGNALBUS_RABBITMQ_URL": None,
+}
+
+
+class SignalBus:
+    """Sends and deletes the pending rows of signal models.
+
+    A *signal model* is a model of ``db.Model`` with a
+    ``send_signalbus_message(cls, obj)`` class method. Usually created by
+    :class:`SignalBusMixin` and reached as ``db.signalbus`` or
+    ``app.extensions["signalbus"]``.
+    """
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+        self._statements: dict[type, sa.Delete] = {}
+
+    def get_signal_models(self) -> list[type]:
+        """Return every mapped class of ``db.Model`` that is a signal model."""
+        classes = (mapper.class_ for mapper in self.db.Model.registry.mappers)
+        signal_models = [cls for cls in classes if hasattr(cls, "send_signalbus_message")]
+        return sorted(signal_models, key=operator.attrgetter("__name__"))
+
+    def flushmany(self, models: Iterable[type] | None = None) -> int:
+        """Send and delete every pending row of *models* (all signal models if ``None``).
+
+        Each model is drained in bursts of ``signalbus_burst_count`` rows; every
+        burst is picked, locked and deleted in one statement, sent, and then
+        committed. A send that raises rolls its burst back (its rows stay) and
+        the exception propagates. Returns the number of rows sent.
+
+        Raises :class:`RuntimeError` if one of *models* is not a signal model.
+        """
+        selected = self.get_signal_models() if models is None else self._check_models(models)
+        return sum(self.flush_model(model) for model in selected)
+
+    def flush_model(self, model: type) -> int:
+        """Drain one signal model (see :meth:`flushmany`); return the rows sent."""
+        burst_count = get_burst_count(model)
+        statement = self._delete_statement(model)
+        sent = 0
+        with self._engine(model).connect() as connection:
+            connection = connection.execution_options(isolation_level="READ COMMITTED")
+            while True:
+                count = self._flush_burst(connection, statement, model, burst_count)
+                sent += count
+                if count < burst_count:
+                    return sent
+
+    def pending_count(self, model: type) -> int:
+        """Return how many rows of signal model *model* wait to be sent."""
+        with self._engine(model).connect() as connection:
+            query = sa.select(sa.func.count()).select_from(model.__table__)
+            return connection.execute(query).scalar_one()
+
+    @retry_on_deadlock()
+    def _flush_burst(
+        self, connection: Connection, statement: sa.Delete, model: type, burst_count: int
+    ) -> int:
+        with connection.begin():
+            rows = connection.execute(statement, {"burst_count": burst_count}).all()
+            if rows:
+                rows.sort(key=_primary_key_getter(model))
+                send_rows(model, rows)
+        return len(rows)
+
+    def _check_models(self, models: Iterable[type]) -> list[type]:
+        known = set(self.get_signal_models())
+        selected = list(models)
+        for model in selected:
+            if model not in known:
+                raise RuntimeError(f"{model!r} is not a signal model")
+        return selected
+
+    def _engine(self, model: type) -> Engine:
+        return self.db.engines[model.__table__.metadata.info.get("bind_key")]
+
+    def _delete_statement(self, model: type) -> sa.Delete:
+        statement = self._statements.get(model)
+        if statement is None:
+            statement = self._statements[model] = build_delete_statement(model)
+        return statement
+
+
+def build_delete_statement(model: type) -> sa.Delete:
+    """Build the burst statement of *model*.
+
+    ``DELETE ... WHERE pk IN (SELECT pk ... ORDER BY pk LIMIT :burst_count
+    FOR UPDATE SKIP LOCKED) RETURNING ...``: one round trip picks, locks and
+    deletes a burst. Returned columns are labelled with the model's attribute
+    names, so that ``row.attribute`` works as on an instance.
+    """
+    mapper = sa.inspect(model)
+    table = mapper.local_table
+    primary_key = sa.tuple_(*table.primary_key.columns)
+    burst = (
+        sa.select(*table.primary_key.columns)
+        .order_by(*table.primary_key.columns)
+        .limit(sa.bindparam("burst_count", type_=sa.Integer))
+        .with_for_update(skip_locked=True)
+    )
+    returned = [
+        column.label(attribute.key)
+        for attribute in mapper.column_attrs
+        for column in attribute.columns[:1]
+        if column.table is table
+    ]
+    return sa.delete(table).where(primary_key.in_(burst)).returning(*returned)
+
+
+def send_rows(model: Any, rows: Sequence[Row]) -> None:
+    """Send *rows* with the model's batch method if it has one, else one by one."""
+    if len(rows) > 1 and hasattr(model, "send_signalbus_messages"):
+        model.send_signalbus_messages(rows)
+    else:
+        for row in rows:
+            model.send_signalbus_message(row)
+
+
+def get_burst_count(model: type) -> int:
+    """Return the model's ``signalbus_burst_count`` (default 1), checking it is positive."""
+    burst_count = getattr(model, "signalbus_burst_count", 1)
+    if isinstance(burst_count, bool) or not isinstance(burst_count, int) or burst_count < 1:
+        raise ValueError(
+            f"{model.__name__}.signalbus_burst_count must be a positive integer, "
+            f"not {burst_count!r}"
+        )
+    return burst_count
+
+
+def _primary_key_getter(model: type) -> Callable[[Row], Any]:
+    mapper = sa.inspect(model)
+    keys = [mapper.get_property_by_column(column).key for column in mapper.primary_key]
+    return operator.attrgetter(*keys)
+
+
+def get_models_to_flush(signalbus: SignalBus, model_names: Sequence[str]) -> list[type]:
+    """Return the signal models named in *model_names*, or all of them if it is empty.
+
+    Unknown names are ignored with a logged warning.
+    """
+    signal_models = signalbus.get_signal_models()
+    if not model_names:
+        return signal_models
+    by_name = {model.__name__: model for model in signal_models}
+    models = []
+    for name in model_names:
+        if name in by_name:
+            models.append(by_name[name])
+        else:
+            logger.warning("A signal with name %r does not exist.", name)
+    return models
+
+
+class SignalBusMixin:
+    """Add a :class:`SignalBus` to :class:`flask_sqlalchemy.SQLAlchemy`.
+
+    Mix it in *before* ``SQLAlchemy``::
+
+        class CustomSQLAlchemy(SignalBusMixin, SQLAlchemy):
+            pass
+
+        db = CustomSQLAlchemy(app)  # or: db = CustomSQLAlchemy(); db.init_app(app)
+
+    After ``init_app(app)``, ``db.signalbus`` and ``app.extensions["signalbus"]``
+    hold the bus and the ``flask signalbus`` commands are registered on
+    ``app.cli``.
+    """
+
+    signalbus: SignalBus
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _check_mixin_order(cls, SignalBusMixin)
+
+    def __init__(self, app: Any = None, **kwargs: Any) -> None:
+        from flask_sqlalchemy import SQLAlchemy
+
+        if not isinstance(self, SQLAlchemy):
+            raise TypeError(
+                f"{type(self).__name__} must subclass flask_sqlalchemy.SQLAlchemy: "
+                "class CustomSQLAlchemy(SignalBusMixin, SQLAlchemy)"
+            )
+        self.signalbus = SignalBus(self)
+        super().__init__(app, **kwargs)
+
+    def init_app(self, app: Any, *args: Any, **kwargs: Any) -> None:
+        """Initialise *app* for SQLAlchemy, then register the signal bus on it."""
+        super().init_app(app, *args, **kwargs)  # type: ignore[misc]
+        from .cli import signalbus_cli
+
+        for key, value in DEFAULT_CONFIG.items():
+            app.config.setdefault(key, value)
+        app.extensions["signalbus"] = self.signalbus
+        app.cli.add_command(signalbus_cli)

@@ -1,0 +1,111 @@
+"""The ``flask signalbus`` command group: parsing and printing only."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+from .bus import SignalBus, get_burst_count
+
+logger = logging.getLogger(__name__)
+
+
+@click.group("signalbus")
+def signalbus_cli() -> None:
+    """Send the signals recorded in the database over the message bus."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+
+def get_signalbus() -> SignalBus:
+    """Return the signal bus of the current app."""
+    return current_app.extensions["signalbus"]
+
+
+def resolve_signal_models(names: Sequence[str]) -> list[type]:
+    """Map signal names to models; an unknown name is a usage error (exit status 2)."""
+    models = get_signalbus().get_signal_models()
+    if not names:
+        return models
+    by_name = {model.__name__: model for model in models}
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        known = ", ".join(by_name) or "(none)"
+        raise click.UsageError(f"Unknown signal {', '.join(unknown)}. Known signals: {known}.")
+    return [by_name[name] for name in dict.fromkeys(names)]
+
+
+def check_burst_counts(models: Sequence[type]) -> None:
+    """Report a bad ``signalbus_burst_count`` as a one-line error (exit status 1)."""
+    for model in models:
+        try:
+            get_burst_count(model)
+        except ValueError as error:
+            raise click.ClickException(str(error)) from None
+
+
+def flush_each(signalbus: SignalBus, models: Sequence[type]) -> tuple[int, list[type]]:
+    """Flush every model, logging (not raising) a failing send; return (sent, failed)."""
+    sent, failed = 0, []
+    for model in models:
+        try:
+            sent += signalbus.flush_model(model)
+        except Exception:
+            logger.exception("Sending %s signals failed; its rows are kept.", model.__name__)
+            failed.append(model)
+    return sent, failed
+
+
+@signalbus_cli.command("flushmany")
+@click.argument("signal_names", nargs=-1)
+@click.option(
+    "-r",
+    "--repeat",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Flush again every SECONDS, until interrupted.",
+    metavar="SECONDS",
+)
+@with_appcontext
+def flushmany_command(signal_names: tuple[str, ...], repeat: float | None) -> None:
+    """Send the pending signals of SIGNAL_NAMES (all signals if none are given)."""
+    models = resolve_signal_models(signal_names)
+    check_burst_counts(models)
+    signalbus = get_signalbus()
+    while True:
+        started = time.monotonic()
+        sent, failed = flush_each(signalbus, models)
+        logger.info("Sent %d signals.", sent)
+        if repeat is None:
+            if failed:
+                raise SystemExit(1)
+            return
+        try:
+            time.sleep(max(0.0, repeat - (time.monotonic() - started)))
+        except KeyboardInterrupt:
+            return
+
+
+@signalbus_cli.command("signals")
+@with_appcontext
+def signals_command() -> None:
+    """List the names of the signal models."""
+    for model in get_signalbus().get_signal_models():
+        click.echo(model.__name__)
+
+
+@signalbus_cli.command("pending")
+@with_appcontext
+def pending_command() -> None:
+    """Show how many signals of each type wait to be sent, and the total."""
+    signalbus = get_signalbus()
+    total = 0
+    for model in signalbus.get_signal_models():
+        count = signalbus.pending_count(model)
+        total += count
+        click.echo(f"{model.__name__}: {count}")
+    click.echo(f"Total pending: {total}")

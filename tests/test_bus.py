@@ -1,0 +1,210 @@
+"""The signal-model registry and the flush routine, on real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+
+from signalbus import SignalBus, SignalBusMixin, get_models_to_flush
+from tests.models import BatchSignal, CompositeSignal, Item, SingleSignal, db, recorder
+
+pytestmark = pytest.mark.usefixtures("app_context")
+
+
+def insert_rows(model: type, count: int, **columns: Any) -> None:
+    db.session.add_all(model(**{k: v(i) for k, v in columns.items()}) for i in range(count))
+    db.session.commit()
+
+
+def row_count(model: type) -> int:
+    return db.session.scalar(sa.select(sa.func.count()).select_from(model))
+
+
+def test_extension_is_registered(app: Flask) -> None:
+    assert isinstance(db.signalbus, SignalBus)
+    assert app.extensions["signalbus"] is db.signalbus
+    assert "signalbus" in app.cli.commands
+    assert app.config["SIGNALBUS_CHANNEL"] == "signalbus"
+
+
+def test_constructor_with_app(database_url: str) -> None:
+    class AppDB(SignalBusMixin, SQLAlchemy):
+        pass
+
+    app = Flask(__name__)
+    app.config["SQLALCHEMY_DATABASE_URI"] = database_url
+    app_db = AppDB(app)
+    assert app.extensions["signalbus"] is app_db.signalbus
+    assert app_db.signalbus.get_signal_models() == []
+
+
+def test_mixin_after_sqlalchemy_is_rejected() -> None:
+    with pytest.raises(TypeError, match="must come before SQLAlchemy"):
+
+        class Wrong(SQLAlchemy, SignalBusMixin):
+            pass
+
+
+def test_mixin_without_sqlalchemy_is_rejected() -> None:
+    class NotSQLAlchemy(SignalBusMixin):
+        pass
+
+    with pytest.raises(TypeError, match="must subclass flask_sqlalchemy.SQLAlchemy"):
+        NotSQLAlchemy()
+
+
+def test_get_signal_models() -> None:
+    models = db.signalbus.get_signal_models()
+    assert models == [BatchSignal, CompositeSignal, SingleSignal]
+    assert Item not in models
+
+
+def test_get_models_to_flush(caplog: pytest.LogCaptureFixture) -> None:
+    assert get_models_to_flush(db.signalbus, []) == db.signalbus.get_signal_models()
+    assert get_models_to_flush(db.signalbus, ["SingleSignal", "Nope"]) == [SingleSignal]
+    assert "'Nope' does not exist" in caplog.text
+
+
+def test_flushmany_sends_and_deletes_everything() -> None:
+    insert_rows(SingleSignal, 5, text=lambda i: f"m{i}")
+    insert_rows(BatchSignal, 250, payload=str)
+    assert db.signalbus.flushmany() == 255
+    assert row_count(SingleSignal) == row_count(BatchSignal) == 0
+    assert len(recorder.sent) == 255
+
+
+def test_send_gets_column_values_as_attributes() -> None:
+    insert_rows(SingleSignal, 1, text=lambda i: "hello")
+    db.signalbus.flushmany([SingleSignal])
+    [obj] = recorder.sent
+    assert (obj.id, obj.text) == (1, "hello")
+
+
+def test_batch_send_is_used_for_bursts() -> None:
+    insert_rows(BatchSignal, 250, payload=str)
+    db.signalbus.flushmany([BatchSignal])
+    assert recorder.batches == [100, 100, 50]
+
+
+def test_single_row_burst_uses_single_send() -> None:
+    insert_rows(BatchSignal, 1, payload=str)
+    db.signalbus.flushmany([BatchSignal])
+    assert recorder.batches == [] and len(recorder.sent) == 1
+
+
+def test_rows_go_out_in_primary_key_order() -> None:
+    db.session.add_all(BatchSignal(id=i, payload="x") for i in (7, 3, 500, 1, 42, 250, 99))
+    insert_rows(CompositeSignal, 30, shard=lambda i: i % 3, seqnum=lambda i: 30 - i)
+    db.signalbus.flushmany([BatchSignal, CompositeSignal])
+    batch_ids = [obj.id for obj in recorder.sent if hasattr(obj, "payload")]
+    composite = [(obj.shard, obj.seqnum) for obj in recorder.sent if hasattr(obj, "shard")]
+    assert batch_ids == [1, 3, 7, 42, 99, 250, 500]
+    assert composite == sorted(composite) and len(composite) == 30
+
+
+def test_composite_primary_keys() -> None:
+    insert_rows(CompositeSignal, 20, shard=lambda i: i % 2, seqnum=int, value=str)
+    assert db.signalbus.flushmany([CompositeSignal]) == 20
+    assert row_count(CompositeSignal) == 0
+    assert recorder.batches == [7, 7, 6]
+
+
+def test_failing_send_keeps_its_burst_and_propagates() -> None:
+    insert_rows(BatchSignal, 250, payload=str)
+    recorder.error = ConnectionError("broker down")
+    with pytest.raises(ConnectionError, match="broker down"):
+        db.signalbus.flushmany([BatchSignal])
+    assert row_count(BatchSignal) == 250
+    recorder.error = None
+    assert db.signalbus.flushmany([BatchSignal]) == 250
+
+
+def test_failure_after_some_bursts_keeps_only_the_failed_rows() -> None:
+    insert_rows(BatchSignal, 250, payload=str)
+    calls = 0
+    original = recorder.send_many
+
+    def fail_on_second_burst(objs: Any, batch: bool = True) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("nack")
+        original(objs, batch)
+
+    recorder.send_many = fail_on_second_burst  # type: ignore[method-assign]
+    try:
+        with pytest.raises(RuntimeError):
+            db.signalbus.flushmany([BatchSignal])
+    finally:
+        del recorder.send_many
+    assert row_count(BatchSignal) == 150
+    remaining = db.session.scalars(sa.select(BatchSignal.id).order_by(BatchSignal.id)).all()
+    assert remaining == list(range(101, 251))
+
+
+def test_non_signal_model_is_rejected() -> None:
+    with pytest.raises(RuntimeError, match="not a signal model"):
+        db.signalbus.flushmany([Item])
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "10", None, True])
+def test_bad_burst_count_is_a_clear_error(bad: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(BatchSignal, "signalbus_burst_count", bad)
+    with pytest.raises(ValueError, match="positive integer"):
+        db.signalbus.flushmany([BatchSignal])
+
+
+def test_burst_count_may_be_a_class_property(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    class FromConfig:
+        def __get__(self, instance: Any, owner: type) -> int:
+            return app.config["BATCH_BURST"]
+
+    app.config["BATCH_BURST"] = 40
+    monkeypatch.setattr(BatchSignal, "signalbus_burst_count", FromConfig(), raising=False)
+    insert_rows(BatchSignal, 100, payload=str)
+    db.signalbus.flushmany([BatchSignal])
+    assert recorder.batches == [40, 40, 20]
+
+
+def test_memory_is_bounded_by_the_burst(monkeypatch: pytest.MonkeyPatch) -> None:
+    insert_rows(BatchSignal, 1000, payload=str)
+    seen: list[int] = []
+    monkeypatch.setattr(recorder, "send_many", lambda objs, batch=True: seen.append(len(objs)))
+    db.signalbus.flushmany([BatchSignal])
+    assert max(seen) == 100 and sum(seen) == 1000
+
+
+def test_parallel_flushers_send_each_row_exactly_once(app: Flask) -> None:
+    total = 10_000
+    db.session.execute(
+        sa.text("INSERT INTO batch_signal (id, payload) SELECT g, 'p' FROM generate_series(1, :n) g"),
+        {"n": total},
+    )
+    db.session.commit()
+    errors: list[BaseException] = []
+    counts: list[int] = []
+    start = threading.Barrier(2)
+
+    def flush() -> None:
+        with app.app_context():
+            start.wait()
+            try:
+                counts.append(db.signalbus.flushmany([BatchSignal]))
+            except BaseException as error:
+                errors.append(error)
+
+    threads = [threading.Thread(target=flush) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ids = [obj.id for obj in recorder.sent]
+    assert not errors
+    assert sum(counts) == total and min(counts) > 0
+    assert len(ids) == total and set(ids) == set(range(1, total + 1))
+    assert row_count(BatchSignal) == 0
