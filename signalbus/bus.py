@@ -42,6 +42,14 @@ class SignalBus:
         signal_models = [cls for cls in classes if hasattr(cls, "send_signalbus_message")]
         return sorted(signal_models, key=operator.attrgetter("__name__"))
 
+    def get_signal_tables(self) -> dict[str, type]:
+        """Map each signal model's table name to the model.
+
+        Names are schema-qualified (``schema.table``) when the table is not in
+        the ``public`` schema: the form of the trigger notifications' payload.
+        """
+        return {table_name(model.__table__): model for model in self.get_signal_models()}
+
     def flushmany(self, models: Iterable[type] | None = None) -> int:
         """Send and delete every pending row of *models* (all signal models if ``None``).
 
@@ -55,18 +63,23 @@ class SignalBus:
         selected = self.get_signal_models() if models is None else self._check_models(models)
         return sum(self.flush_model(model) for model in selected)
 
-    def flush_model(self, model: type) -> int:
-        """Drain one signal model (see :meth:`flushmany`); return the rows sent."""
+    def flush_model(self, model: type, *, stop: Callable[[], bool] | None = None) -> int:
+        """Drain one signal model (see :meth:`flushmany`); return the rows sent.
+
+        *stop*, when given, is asked before each burst; when it returns true the
+        flush ends early, between two bursts.
+        """
         burst_count = get_burst_count(model)
         statement = self._delete_statement(model)
         sent = 0
         with self._engine(model).connect() as connection:
             connection = connection.execution_options(isolation_level="READ COMMITTED")
-            while True:
+            while stop is None or not stop():
                 count = self._flush_burst(connection, statement, model, burst_count)
                 sent += count
                 if count < burst_count:
-                    return sent
+                    break
+        return sent
 
     def pending_count(self, model: type) -> int:
         """Return how many rows of signal model *model* wait to be sent."""
@@ -127,6 +140,13 @@ def build_delete_statement(model: type) -> sa.Delete:
         if column.table is table
     ]
     return sa.delete(table).where(primary_key.in_(burst)).returning(*returned)
+
+
+def table_name(table: sa.Table) -> str:
+    """Return *table*'s name, schema-qualified unless it is in ``public`` (or default)."""
+    if table.schema in (None, "public"):
+        return table.name
+    return f"{table.schema}.{table.name}"
 
 
 def send_rows(model: Any, rows: Sequence[Row]) -> None:
