@@ -1,0 +1,140 @@
+"""The ``flask signalbus`` commands: flushmany, signals, pending."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from click.testing import Result
+from flask import Flask
+
+from tests.models import BatchSignal, SingleSignal, db, recorder
+
+
+@pytest.fixture
+def invoke(app: Flask):
+    runner = app.test_cli_runner()
+
+    def run(*args: str) -> Result:
+        return runner.invoke(args=["signalbus", *args])
+
+    return run
+
+
+def fill(app: Flask, single: int = 3, batch: int = 150) -> None:
+    with app.app_context():
+        db.session.add_all(SingleSignal(text=f"s{i}") for i in range(single))
+        db.session.add_all(BatchSignal(payload=f"b{i}") for i in range(batch))
+        db.session.commit()
+
+
+def pending(app: Flask, model: type) -> int:
+    with app.app_context():
+        return db.session.scalar(sa.select(sa.func.count()).select_from(model))
+
+
+def test_signals_lists_the_signal_models(invoke) -> None:
+    result = invoke("signals")
+    assert result.exit_code == 0
+    assert result.output.split() == ["BatchSignal", "CompositeSignal", "SingleSignal"]
+
+
+def test_pending_counts_per_type_and_total(app: Flask, invoke) -> None:
+    fill(app)
+    result = invoke("pending")
+    assert result.exit_code == 0
+    assert "BatchSignal: 150" in result.output
+    assert "SingleSignal: 3" in result.output
+    assert "CompositeSignal: 0" in result.output
+    assert result.output.rstrip().endswith("Total pending: 153")
+
+
+def test_flushmany_sends_everything(app: Flask, invoke) -> None:
+    fill(app)
+    result = invoke("flushmany")
+    assert result.exit_code == 0, result.output
+    assert len(recorder.sent) == 153
+    assert pending(app, SingleSignal) == pending(app, BatchSignal) == 0
+
+
+def test_flushmany_sends_only_the_named_signals(app: Flask, invoke) -> None:
+    fill(app)
+    assert invoke("flushmany", "SingleSignal").exit_code == 0
+    assert len(recorder.sent) == 3
+    assert pending(app, BatchSignal) == 150
+
+
+def test_unknown_signal_is_a_usage_error(app: Flask, invoke) -> None:
+    fill(app)
+    result = invoke("flushmany", "SingleSignal", "NoSuchSignal")
+    assert result.exit_code == 2
+    assert "Unknown signal NoSuchSignal" in result.output
+    assert "Known signals: BatchSignal, CompositeSignal, SingleSignal" in result.output
+    assert "Traceback" not in result.output
+    assert recorder.sent == []
+    assert pending(app, SingleSignal) == 3
+
+
+def test_failing_send_logs_the_signal_and_exits_1(
+    app: Flask, invoke, caplog: pytest.LogCaptureFixture
+) -> None:
+    fill(app)
+    recorder.error = ConnectionError("broker unreachable")
+    result = invoke("flushmany")
+    assert result.exit_code == 1
+    assert "Sending BatchSignal signals failed" in caplog.text
+    assert "Sending SingleSignal signals failed" in caplog.text
+    assert pending(app, SingleSignal) == 3
+    assert pending(app, BatchSignal) == 150
+
+
+def test_one_failing_signal_does_not_stop_the_others(
+    app: Flask, invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(app)
+
+    def fail(cls, objs) -> None:
+        raise ConnectionError("nack")
+
+    monkeypatch.setattr(BatchSignal, "send_signalbus_messages", classmethod(fail))
+    result = invoke("flushmany")
+    assert result.exit_code == 1
+    assert pending(app, SingleSignal) == 0
+    assert pending(app, BatchSignal) == 150
+
+
+def test_bad_burst_count_is_reported_without_traceback(
+    app: Flask, invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(BatchSignal, "signalbus_burst_count", 0)
+    result = invoke("flushmany")
+    assert result.exit_code == 1
+    assert "BatchSignal.signalbus_burst_count must be a positive integer" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc"])
+def test_bad_repeat_is_a_usage_error(invoke, value: str) -> None:
+    result = invoke("flushmany", "--repeat", value)
+    assert result.exit_code == 2
+    assert "Invalid value for '-r' / '--repeat'" in result.output
+
+
+def test_repeat_flushes_until_interrupted(
+    app: Flask, invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(app)
+    rounds = 0
+
+    def sleep(seconds: float) -> None:
+        nonlocal rounds
+        rounds += 1
+        if rounds == 1:
+            fill(app, single=1, batch=0)
+        else:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("signalbus.cli.time.sleep", sleep)
+    result = invoke("flushmany", "-r", "0.5")
+    assert result.exit_code == 0
+    assert rounds == 2
+    assert len(recorder.sent) == 154
