@@ -1,4 +1,4 @@
-"""The signal bus: the registry of signal models and the flush routine."""
+"""The signal bus: the registry of signal models, and the Flask extension."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.engine import Engine
 
-from .atomic import _check_mixin_order, retry_on_deadlock
+from .atomic import _check_mixin_order
+from .flush import ModelFlusher
 
 __all__ = ["SignalBus", "SignalBusMixin", "get_models_to_flush"]
 
@@ -20,6 +21,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONFIG: dict[str, Any] = {
     "SIGNALBUS_CHANNEL": "signalbus",
     "SIGNALBUS_RABBITMQ_URL": None,
+    "SIGNALBUS_SWEEP_INTERVAL": 60.0,
 }
 
 
@@ -34,7 +36,7 @@ class SignalBus:
 
     def __init__(self, db: Any) -> None:
         self.db = db
-        self._statements: dict[type, sa.Delete] = {}
+        self._flushers: dict[type, ModelFlusher] = {}
 
     def get_signal_models(self) -> list[type]:
         """Return every mapped class of ``db.Model`` that is a signal model."""
@@ -69,34 +71,16 @@ class SignalBus:
         *stop*, when given, is asked before each burst; when it returns true the
         flush ends early, between two bursts.
         """
-        burst_count = get_burst_count(model)
-        statement = self._delete_statement(model)
-        sent = 0
-        with self._engine(model).connect() as connection:
-            connection = connection.execution_options(isolation_level="READ COMMITTED")
-            while stop is None or not stop():
-                count = self._flush_burst(connection, statement, model, burst_count)
-                sent += count
-                if count < burst_count:
-                    break
-        return sent
+        flusher = self._flushers.get(model)
+        if flusher is None:
+            flusher = self._flushers[model] = ModelFlusher(model)
+        return flusher.flush(self._engine(model), stop)
 
     def pending_count(self, model: type) -> int:
         """Return how many rows of signal model *model* wait to be sent."""
         with self._engine(model).connect() as connection:
             query = sa.select(sa.func.count()).select_from(model.__table__)
             return connection.execute(query).scalar_one()
-
-    @retry_on_deadlock()
-    def _flush_burst(
-        self, connection: Connection, statement: sa.Delete, model: type, burst_count: int
-    ) -> int:
-        with connection.begin():
-            rows = connection.execute(statement, {"burst_count": burst_count}).all()
-            if rows:
-                rows.sort(key=_primary_key_getter(model))
-                send_rows(model, rows)
-        return len(rows)
 
     def _check_models(self, models: Iterable[type]) -> list[type]:
         known = set(self.get_signal_models())
@@ -109,70 +93,12 @@ class SignalBus:
     def _engine(self, model: type) -> Engine:
         return self.db.engines[model.__table__.metadata.info.get("bind_key")]
 
-    def _delete_statement(self, model: type) -> sa.Delete:
-        statement = self._statements.get(model)
-        if statement is None:
-            statement = self._statements[model] = build_delete_statement(model)
-        return statement
-
-
-def build_delete_statement(model: type) -> sa.Delete:
-    """Build the burst statement of *model*.
-
-    ``DELETE ... WHERE pk IN (SELECT pk ... ORDER BY pk LIMIT :burst_count
-    FOR UPDATE SKIP LOCKED) RETURNING ...``: one round trip picks, locks and
-    deletes a burst. Returned columns are labelled with the model's attribute
-    names, so that ``row.attribute`` works as on an instance.
-    """
-    mapper = sa.inspect(model)
-    table = mapper.local_table
-    primary_key = sa.tuple_(*table.primary_key.columns)
-    burst = (
-        sa.select(*table.primary_key.columns)
-        .order_by(*table.primary_key.columns)
-        .limit(sa.bindparam("burst_count", type_=sa.Integer))
-        .with_for_update(skip_locked=True)
-    )
-    returned = [
-        column.label(attribute.key)
-        for attribute in mapper.column_attrs
-        for column in attribute.columns[:1]
-        if column.table is table
-    ]
-    return sa.delete(table).where(primary_key.in_(burst)).returning(*returned)
-
 
 def table_name(table: sa.Table) -> str:
     """Return *table*'s name, schema-qualified unless it is in ``public`` (or default)."""
     if table.schema in (None, "public"):
         return table.name
     return f"{table.schema}.{table.name}"
-
-
-def send_rows(model: Any, rows: Sequence[Row]) -> None:
-    """Send *rows* with the model's batch method if it has one, else one by one."""
-    if len(rows) > 1 and hasattr(model, "send_signalbus_messages"):
-        model.send_signalbus_messages(rows)
-    else:
-        for row in rows:
-            model.send_signalbus_message(row)
-
-
-def get_burst_count(model: type) -> int:
-    """Return the model's ``signalbus_burst_count`` (default 1), checking it is positive."""
-    burst_count = getattr(model, "signalbus_burst_count", 1)
-    if isinstance(burst_count, bool) or not isinstance(burst_count, int) or burst_count < 1:
-        raise ValueError(
-            f"{model.__name__}.signalbus_burst_count must be a positive integer, "
-            f"not {burst_count!r}"
-        )
-    return burst_count
-
-
-def _primary_key_getter(model: type) -> Callable[[Row], Any]:
-    mapper = sa.inspect(model)
-    keys = [mapper.get_property_by_column(column).key for column in mapper.primary_key]
-    return operator.attrgetter(*keys)
 
 
 def get_models_to_flush(signalbus: SignalBus, model_names: Sequence[str]) -> list[type]:

@@ -10,7 +10,8 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from .bus import SignalBus, get_burst_count
+from .bus import SignalBus
+from .flush import get_burst_count
 
 logger = logging.getLogger(__name__)
 
@@ -109,3 +110,63 @@ def pending_command() -> None:
         total += count
         click.echo(f"{model.__name__}: {count}")
     click.echo(f"Total pending: {total}")
+
+
+@signalbus_cli.command("listen")
+@click.argument("signal_names", nargs=-1)
+@click.option(
+    "--sweep-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Also flush every signal every SECONDS  [default: SIGNALBUS_SWEEP_INTERVAL, 60].",
+    metavar="SECONDS",
+)
+@with_appcontext
+def listen_command(signal_names: tuple[str, ...], sweep_interval: float | None) -> None:
+    """Send the signals of SIGNAL_NAMES (all signals if none are given) as they commit.
+
+    Runs until SIGTERM or SIGINT, then exits once the burst in flight is done.
+    """
+    from .listener import Listener
+
+    models = resolve_signal_models(signal_names)
+    if not models:
+        raise click.ClickException("There are no signals to listen for.")
+    check_burst_counts(models)
+    config = current_app.config
+    listener = Listener(
+        get_signalbus(),
+        models,
+        channel=config["SIGNALBUS_CHANNEL"],
+        sweep_interval=sweep_interval or config["SIGNALBUS_SWEEP_INTERVAL"],
+    )
+    listener.run()
+
+
+@signalbus_cli.command("triggers")
+@click.option("--install", is_flag=True, help="Create the missing triggers (idempotent).")
+@with_appcontext
+def triggers_command(install: bool) -> None:
+    """Show whether each signal table has its notification trigger.
+
+    Exits with status 1 when a trigger is missing (or on another channel than
+    SIGNALBUS_CHANNEL), unless --install created it.
+    """
+    import sqlalchemy as sa
+
+    from .triggers import check_signal_triggers
+
+    signalbus = get_signalbus()
+    channel = current_app.config["SIGNALBUS_CHANNEL"]
+    try:
+        statuses = check_signal_triggers(
+            signalbus.db, signalbus.get_signal_tables(), channel, install=install
+        )
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    except sa.exc.DBAPIError as error:
+        reason = str(error.orig).strip().splitlines()[0]
+        raise click.ClickException(f"Database error: {reason}") from None
+    for status in statuses:
+        click.echo(f"{status.table} ({status.model.__name__}): {status.describe()}")
+    if not all(status.ok for status in statuses):
+        raise SystemExit(1)

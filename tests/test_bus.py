@@ -208,3 +208,22 @@ def test_parallel_flushers_send_each_row_exactly_once(app: Flask) -> None:
     assert sum(counts) == total and min(counts) > 0
     assert len(ids) == total and set(ids) == set(range(1, total + 1))
     assert row_count(BatchSignal) == 0
+
+
+def test_pipelined_bursts_keep_primary_key_order() -> None:
+    ids = list(range(1, 351))
+    ids.reverse()
+    db.session.add_all(BatchSignal(id=i, payload="x") for i in ids)
+    db.session.commit()
+    db.signalbus.flushmany([BatchSignal])
+    assert [obj.id for obj in recorder.sent] == sorted(ids)
+    assert recorder.batches == [100, 100, 100, 50]
+
+
+def test_stop_ends_the_flush_between_bursts() -> None:
+    insert_rows(BatchSignal, 250, payload=str)
+    sent = db.signalbus.flush_model(BatchSignal, stop=lambda: bool(recorder.batches))
+    assert sent == 100
+    assert row_count(BatchSignal) == 150
+    assert db.signalbus.flush_model(BatchSignal, stop=lambda: True) == 0
+    assert db.signalbus.flush_model(BatchSignal) == 150

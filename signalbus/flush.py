@@ -1,0 +1,172 @@
+"""The flush routine: pick, lock, delete, send and commit signal rows in bursts.
+
+Every way of sending (``flushmany``, the listener's wake-ups and sweeps) goes
+through :class:`ModelFlusher`.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine, RootTransaction, Row
+
+from .atomic import retry_on_deadlock
+
+__all__ = ["ModelFlusher", "get_burst_count", "send_rows"]
+
+#: Bursts at least this big are pipelined: the next burst is fetched while the
+#: current one is being sent. Smaller ones are not worth a second connection.
+PIPELINE_MIN_BURST = 100
+
+
+def get_burst_count(model: type) -> int:
+    """Return the model's ``signalbus_burst_count`` (default 1), checking it is positive."""
+    burst_count = getattr(model, "signalbus_burst_count", 1)
+    if isinstance(burst_count, bool) or not isinstance(burst_count, int) or burst_count < 1:
+        raise ValueError(
+            f"{model.__name__}.signalbus_burst_count must be a positive integer, "
+            f"not {burst_count!r}"
+        )
+    return burst_count
+
+
+def send_rows(model: Any, rows: Sequence[Row]) -> None:
+    """Send *rows* with the model's batch method if it has one, else one by one."""
+    if len(rows) > 1 and hasattr(model, "send_signalbus_messages"):
+        model.send_signalbus_messages(rows)
+    else:
+        for row in rows:
+            model.send_signalbus_message(row)
+
+
+def build_delete_statement(model: type) -> sa.Delete:
+    """Build the burst statement of *model*.
+
+    ``DELETE ... WHERE pk IN (SELECT pk ... ORDER BY pk LIMIT :burst_count
+    FOR UPDATE SKIP LOCKED) RETURNING ...``: one round trip picks, locks and
+    deletes a burst. Returned columns are labelled with the model's attribute
+    names, so that ``row.attribute`` works as on an instance.
+    """
+    mapper = sa.inspect(model)
+    table = mapper.local_table
+    key_columns = table.primary_key.columns
+    burst = (
+        sa.select(*key_columns)
+        .order_by(*key_columns)
+        .limit(sa.bindparam("burst_count", type_=sa.Integer))
+        .with_for_update(skip_locked=True)
+    )
+    returned = [
+        column.label(attribute.key)
+        for attribute in mapper.column_attrs
+        for column in attribute.columns[:1]
+        if column.table is table
+    ]
+    return sa.delete(table).where(sa.tuple_(*key_columns).in_(burst)).returning(*returned)
+
+
+@dataclass
+class Burst:
+    """Rows deleted by a transaction that is still open."""
+
+    transaction: RootTransaction
+    rows: list[Row]
+
+    def commit(self) -> None:
+        self.transaction.commit()
+
+    def rollback(self) -> None:
+        self.transaction.rollback()
+
+
+class ModelFlusher:
+    """Drains one signal model.
+
+    A burst's rows are deleted, sent, and only then committed; a send that
+    raises rolls its burst back and the exception propagates. Rows go out in
+    primary-key order. Full bursts of :data:`PIPELINE_MIN_BURST` rows or more
+    are pipelined: while one burst is being sent, a second connection already
+    deletes (without committing) the next one, which ``SKIP LOCKED`` keeps
+    disjoint from the first. If a send fails, both are rolled back.
+    """
+
+    def __init__(self, model: type) -> None:
+        self.model = model
+        self.statement = build_delete_statement(model)
+        mapper = sa.inspect(model)
+        keys = [mapper.get_property_by_column(column).key for column in mapper.primary_key]
+        self.sort_key = operator.attrgetter(*keys)
+
+    def flush(self, engine: Engine, stop: Callable[[], bool] | None = None) -> int:
+        """Send every pending row; return how many. *stop* is asked before each burst."""
+        burst_count = get_burst_count(self.model)
+        should_stop = stop or _never
+        pipelined = burst_count >= PIPELINE_MIN_BURST
+        sent = 0
+        upcoming: Future[Burst] | None = None
+        with ExitStack() as stack:
+            connections = [_connect(engine, stack) for _ in range(1 + pipelined)]
+            if pipelined:
+                executor = stack.enter_context(ThreadPoolExecutor(1, "signalbus-prefetch"))
+            while not should_stop():
+                burst = upcoming.result() if upcoming else self._fetch(connections[0], burst_count)
+                upcoming = None
+                if not burst.rows:
+                    burst.rollback()
+                    break
+                full = len(burst.rows) == burst_count
+                if pipelined and full and not should_stop():
+                    connections.reverse()
+                    upcoming = executor.submit(self._fetch, connections[0], burst_count)
+                self._send(burst, upcoming)
+                sent += len(burst.rows)
+                if not full:
+                    break
+            if upcoming is not None:
+                _roll_back_when_done(upcoming)
+        return sent
+
+    @retry_on_deadlock()
+    def _fetch(self, connection: Connection, burst_count: int) -> Burst:
+        transaction = connection.begin()
+        try:
+            rows = connection.execute(self.statement, {"burst_count": burst_count}).all()
+        except BaseException:
+            transaction.rollback()
+            raise
+        rows.sort(key=self.sort_key)
+        return Burst(transaction, rows)
+
+    def _send(self, burst: Burst, upcoming: Future[Burst] | None) -> None:
+        try:
+            send_rows(self.model, burst.rows)
+        except BaseException:
+            burst.rollback()
+            if upcoming is not None:
+                _roll_back_when_done(upcoming)
+            raise
+        burst.commit()
+
+
+def _never() -> bool:
+    return False
+
+
+def _connect(engine: Engine, stack: ExitStack) -> Connection:
+    connection = stack.enter_context(engine.connect())
+    # SKIP LOCKED under REPEATABLE READ would fail on rows another flusher deleted.
+    return connection.execution_options(isolation_level="READ COMMITTED")
+
+
+def _roll_back_when_done(upcoming: Future[Burst]) -> None:
+    try:
+        burst = upcoming.result()
+    except Exception:
+        return  # its own transaction was rolled back in _fetch
+    burst.rollback()
