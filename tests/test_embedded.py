@@ -1,0 +1,208 @@
+"""Tests of signalbus.embedded and of the PostgreSQL test fixtures (tests/postgres_fixtures.py)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import stat
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import platformdirs
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from signalbus import embedded
+from tests.postgres_fixtures import LOCAL_SERVER, PgServer, select_pg_server, server_from_url
+
+IS_ROOT = os.geteuid() == 0
+
+
+def _modes(paths: list[Path]) -> dict[Path, tuple[int, int, int]]:
+    """(mode, uid, gid) of each path."""
+    result = {}
+    for path in paths:
+        st = path.stat()
+        result[path] = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+    return result
+
+
+def _select_1(pg: embedded.EmbeddedPostgres) -> tuple[object, ...] | None:
+    with psycopg.connect(host=pg.host, port=pg.port, user=pg.user, dbname=pg.dbname) as conn:
+        return conn.execute("SELECT 1, current_database()").fetchone()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    """A not-yet-existing data dir; any server left running on it is stopped afterwards."""
+    path = tmp_path / "nested" / "postgres"
+    yield path
+    if (path / "pgdata" / "postmaster.pid").exists():
+        embedded.start(path).stop()
+
+
+def test_default_data_dir() -> None:
+    assert embedded.default_data_dir() == Path(platformdirs.user_data_dir("signalbus")) / "postgres"
+
+
+def test_start_select_stop_then_warm_restart(data_dir: Path) -> None:
+    t0 = time.perf_counter()
+    pg = embedded.start(data_dir, ephemeral=True)
+    cold = time.perf_counter() - t0
+    assert pg.started and pg.is_running()
+    assert _select_1(pg) == (1, "signalbus")
+    url = make_url(pg.url)
+    assert (url.drivername, url.host, url.port, url.username, url.database) == (
+        "postgresql+psycopg",
+        "127.0.0.1",
+        pg.port,
+        "postgres",
+        "signalbus",
+    )
+
+    again = embedded.start(data_dir)  # attaches to the running server
+    assert not again.started and again.port == pg.port
+
+    pg.stop()
+    assert not pg.is_running()
+    assert not (pg.pgdata / "postmaster.pid").exists()
+    pg.stop()  # idempotent
+
+    version = (pg.pgdata / "PG_VERSION").stat()
+    t0 = time.perf_counter()
+    with embedded.start(data_dir) as warm:
+        warm_time = time.perf_counter() - t0
+        assert warm.started
+        assert _select_1(warm) == (1, "signalbus")
+    assert not warm.is_running()
+    after = (pg.pgdata / "PG_VERSION").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (version.st_ino, version.st_mtime_ns)  # no initdb
+    assert "database system is ready" in warm.log_path.read_text()
+    print(f"embedded start: cold {cold:.2f}s, warm {warm_time:.2f}s")
+    assert warm_time < cold
+
+
+def test_permissions_of_foreign_directories_are_unchanged(data_dir: Path) -> None:
+    bin_dir = embedded._default_bin_dir()
+    watched = sorted(
+        {
+            *data_dir.parent.parents,
+            *bin_dir.parents,
+            bin_dir,
+            bin_dir.parent / "lib",
+            Path.home(),
+            Path("/tmp"),
+        }
+    )
+    before = _modes(watched)
+
+    pg = embedded.start(data_dir, ephemeral=True)
+    try:
+        assert _modes(watched) == before
+        # What this module created: private dirs; only PGDATA handed to the server account.
+        assert _modes([data_dir])[data_dir][:2] == (0o700, os.geteuid())
+        pgdata = pg.pgdata.stat()
+        assert stat.S_IMODE(pgdata.st_mode) == 0o700
+        assert pgdata.st_uid == (pg._account.uid if IS_ROOT else os.geteuid())
+        pid = int((pg.pgdata / "postmaster.pid").read_text().split()[0])
+        status = dict(
+            line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        )
+        if IS_ROOT:
+            assert pg.os_user == "signalbus-postgres"
+            assert "0" not in status["Uid"].split() and "0" not in status["Gid"].split()
+            assert status["Groups"].split() == []
+    finally:
+        pg.stop()
+    assert _modes(watched) == before
+
+
+def test_existing_pgdata_not_owned_by_server_account_is_refused(tmp_path: Path) -> None:
+    if not IS_ROOT:
+        pytest.skip("only relevant when running as root")
+    (tmp_path / "pgdata").mkdir(mode=0o700)
+    with pytest.raises(embedded.EmbeddedPostgresError, match="refusing to chown"):
+        embedded.start(tmp_path)
+    assert (tmp_path / "pgdata").stat().st_uid == 0
+
+
+def _start_in_child(data_dir: Path) -> tuple[bool, int]:
+    pg = embedded.start(data_dir, ephemeral=True)
+    return pg.started, pg.port
+
+
+def test_concurrent_starts_share_one_server(data_dir: Path) -> None:
+    ctx = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(4, mp_context=ctx) as pool:
+        results = list(pool.map(_start_in_child, [data_dir] * 4))
+    assert sorted(started for started, _ in results) == [False, False, False, True]
+    assert len({port for _, port in results}) == 1
+
+
+def test_stale_pidfile_with_reused_pid_is_ignored(data_dir: Path) -> None:
+    embedded.start(data_dir, ephemeral=True).stop()
+    pidfile = data_dir / "pgdata" / "postmaster.pid"
+    # As after a container restart: the recorded pid now belongs to another program (us).
+    pidfile.write_text(f"{os.getpid()}\n{data_dir}\n0\n5432\n\n127.0.0.1\n0 0\nready\n")
+    pg = embedded.start(data_dir)
+    assert pg.started and pg.port != 5432
+    assert _select_1(pg) == (1, "signalbus")
+    pg.stop()
+
+
+# --- postgres_fixtures -----------------------------------------------------------------------
+
+
+def test_select_pg_server_prefers_env_url() -> None:
+    env = {"SIGNALBUS_TEST_DATABASE_URL": "postgresql://root:s%40cret@db.example:6543/test"}
+    server = select_pg_server(env, probe=lambda _: pytest.fail("must not probe"))
+    assert server == PgServer("db.example", 6543, "root", "s@cret", "test")
+    assert server.maintenance_dbname == "test"
+    assert server.url("x") == "postgresql+psycopg://root:s%40cret@db.example:6543/x"
+
+
+def test_select_pg_server_falls_back_to_local_then_embedded() -> None:
+    assert select_pg_server({}, probe=lambda s: s == LOCAL_SERVER) == LOCAL_SERVER
+    assert select_pg_server({"SIGNALBUS_TEST_DATABASE_URL": ""}, probe=lambda s: False) is None
+    assert server_from_url("postgresql://127.0.0.1/") == PgServer("127.0.0.1", 5432, "postgres")
+
+
+_seen: list[str] = []
+_left_open: list[psycopg.Connection] = []
+
+
+@pytest.mark.parametrize("run", [1, 2])
+def test_database_url_is_a_fresh_database(database_url: str, run: int) -> None:
+    url = make_url(database_url)
+    assert url.drivername == "postgresql+psycopg"
+    assert url.database not in _seen
+    conn = psycopg.connect(url.set(drivername="postgresql").render_as_string(False))
+    assert conn.execute("SELECT count(*) FROM pg_class WHERE relname = 'leftover'").fetchone() == (
+        0,
+    )
+    conn.execute("CREATE TABLE leftover (x int)")
+    conn.commit()
+    _left_open.append(conn)  # the janitor must terminate it to drop the database
+    _seen.append(url.database)
+
+
+def test_databases_of_previous_tests_were_dropped(pg_server: PgServer) -> None:
+    assert _seen, "runs after test_database_url_is_a_fresh_database, in the same module"
+    with psycopg.connect(
+        host=pg_server.host,
+        port=pg_server.port,
+        user=pg_server.user,
+        password=pg_server.password,
+        dbname=pg_server.dbname,
+    ) as conn:
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname = ANY(%s)", (_seen,)
+        ).fetchall()
+    assert rows == []
+    for conn in _left_open:  # terminated by the janitor
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("SELECT 1")
+        conn.close()
