@@ -1,0 +1,384 @@
+"""Tests of signalbus.rabbitmq against a real RabbitMQ broker (no mocks)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+import uuid
+
+import pika
+import pytest
+from pika.adapters.blocking_connection import BlockingChannel
+
+from signalbus.rabbitmq import (
+    PERSISTENT,
+    ChannelClosed,
+    ConfirmTimeout,
+    ConnectionFailed,
+    Message,
+    MessageNacked,
+    MessageProperties,
+    MessageReturned,
+    Publisher,
+    PublishError,
+    publisher_from_config,
+    redact_url,
+)
+from tests import rabbitmq_fixtures
+from tests.rabbitmq_fixtures import FreezableProxy, rabbitmqctl, wait_for
+
+# The broker fixtures, until tests/conftest.py loads tests.rabbitmq_fixtures as a plugin.
+amqp_url = rabbitmq_fixtures.amqp_url
+amqp_channel = rabbitmq_fixtures.amqp_channel
+amqp_queue = rabbitmq_fixtures.amqp_queue
+amqp_vhost_url = rabbitmq_fixtures.amqp_vhost_url
+freezable_proxy = rabbitmq_fixtures.freezable_proxy
+
+SECRET = "s3cret-p@ss/word"
+SECRET_IN_URL = "s3cret-p%40ss%2Fword"
+
+
+def drain(channel: BlockingChannel, queue: str, count: int) -> list[tuple[object, bytes]]:
+    """Get ``count`` messages from ``queue`` (waiting up to 10 s for them) and ack them."""
+    got: list[tuple[object, bytes]] = []
+
+    def fetch() -> bool:
+        while len(got) < count:
+            method, properties, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return False
+            got.append((properties, body))
+        return True
+
+    wait_for(fetch, what=f"{count} messages in {queue}")
+    return got
+
+
+def queue_length(channel: BlockingChannel, queue: str) -> int:
+    return channel.queue_declare(queue, passive=True).method.message_count
+
+
+def closed_port() -> int:
+    """A local TCP port nobody listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def publisher(amqp_url: str):
+    publisher = Publisher(amqp_url, timeout=10)
+    yield publisher
+    publisher.close()
+
+
+def assert_secret_hidden(error: BaseException, caplog: pytest.LogCaptureFixture) -> None:
+    for secret in (SECRET, SECRET_IN_URL):
+        assert secret not in str(error)
+        assert secret not in repr(error)
+        assert secret not in caplog.text
+        assert all(secret not in str(arg) for arg in error.args)
+
+
+# -- publishing ----------------------------------------------------------------------------
+
+
+def test_publish_confirms_and_delivers(
+    publisher: Publisher, amqp_channel: BlockingChannel, amqp_queue: str
+) -> None:
+    messages = [
+        Message(
+            f"body {i}".encode(),
+            routing_key=amqp_queue,
+            properties=MessageProperties(
+                content_type="application/json",
+                headers={"n": i, "kind": "test"},
+                message_id=f"id-{i}",
+                type="test.message",
+                app_id="signalbus-tests",
+                timestamp=1_700_000_000,
+            ),
+        )
+        for i in range(1500)
+    ]
+    publisher.publish_messages(messages)
+
+    got = drain(amqp_channel, amqp_queue, len(messages))
+    assert [body for _, body in got] == [m.body for m in messages]
+    for i, (props, _) in enumerate(got):
+        assert props.delivery_mode == PERSISTENT
+        assert props.content_type == "application/json"
+        assert props.message_id == f"id-{i}"
+        assert props.headers == {"n": i, "kind": "test"}
+        assert props.type == "test.message"
+        assert props.app_id == "signalbus-tests"
+        assert props.timestamp == 1_700_000_000
+
+
+def test_publish_through_exchange_reuses_connection(
+    publisher: Publisher, amqp_channel: BlockingChannel, amqp_queue: str
+) -> None:
+    exchange = f"signalbus-test-{uuid.uuid4().hex}"
+    amqp_channel.exchange_declare(exchange, "direct", durable=True)
+    amqp_channel.queue_bind(amqp_queue, exchange, "key")
+    try:
+        for burst in range(3):
+            publisher.publish_messages(
+                [Message(b"%d-%d" % (burst, i), exchange, "key") for i in range(10)]
+            )
+        got = drain(amqp_channel, amqp_queue, 30)
+        assert [body for _, body in got] == [b"%d-%d" % (b, i) for b in range(3) for i in range(10)]
+        assert got[0][0].delivery_mode == PERSISTENT
+    finally:
+        amqp_channel.exchange_delete(exchange)
+
+
+def test_empty_burst_is_a_no_op(publisher: Publisher) -> None:
+    publisher.publish_messages([])
+
+
+def test_threads_publish_concurrently(
+    publisher: Publisher, amqp_channel: BlockingChannel, amqp_queue: str
+) -> None:
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for burst in range(5):
+                publisher.publish_messages(
+                    [
+                        Message(b"t%d-%d-%d" % (n, burst, i), routing_key=amqp_queue)
+                        for i in range(50)
+                    ]
+                )
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            publisher.close()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors
+    got = drain(amqp_channel, amqp_queue, 4 * 5 * 50)
+    assert sorted(body for _, body in got) == sorted(
+        b"t%d-%d-%d" % (n, b, i) for n in range(4) for b in range(5) for i in range(50)
+    )
+
+
+# -- broker refusals -----------------------------------------------------------------------
+
+
+def test_unroutable_mandatory_message_is_returned(
+    publisher: Publisher, amqp_channel: BlockingChannel, amqp_queue: str
+) -> None:
+    nowhere = f"signalbus-missing-{uuid.uuid4().hex}"
+    messages = [
+        Message(b"first", routing_key=amqp_queue),
+        Message(b"lost", routing_key=nowhere),
+        Message(b"last", routing_key=amqp_queue),
+    ]
+    with pytest.raises(MessageReturned) as caught:
+        publisher.publish_messages(messages)
+
+    assert caught.value.failed == (messages[1],)
+    assert caught.value.replies == ((312, "NO_ROUTE"),)
+    assert [body for _, body in drain(amqp_channel, amqp_queue, 2)] == [b"first", b"last"]
+    publisher.publish_messages([Message(b"after", routing_key=amqp_queue)])
+    assert [body for _, body in drain(amqp_channel, amqp_queue, 1)] == [b"after"]
+
+
+def test_unroutable_optional_message_is_dropped(publisher: Publisher) -> None:
+    nowhere = f"signalbus-missing-{uuid.uuid4().hex}"
+    publisher.publish_messages([Message(b"dropped", routing_key=nowhere, mandatory=False)])
+
+
+def test_nacked_messages_raise(publisher: Publisher, amqp_channel: BlockingChannel) -> None:
+    queue = f"signalbus-test-{uuid.uuid4().hex}"
+    amqp_channel.queue_declare(
+        queue, durable=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish"}
+    )
+    try:
+        messages = [Message(b"m%d" % i, routing_key=queue) for i in range(3)]
+        with pytest.raises(MessageNacked) as caught:
+            publisher.publish_messages(messages)
+        assert caught.value.failed == tuple(messages[1:])
+        assert "nack" in str(caught.value)
+        assert queue_length(amqp_channel, queue) == 1
+        assert [body for _, body in drain(amqp_channel, queue, 1)] == [b"m0"]
+        publisher.publish_messages([Message(b"fits", routing_key=queue)])
+        assert queue_length(amqp_channel, queue) == 1
+    finally:
+        amqp_channel.queue_delete(queue)
+
+
+def test_missing_exchange_closes_channel_then_recovers(
+    publisher: Publisher, amqp_channel: BlockingChannel, amqp_queue: str
+) -> None:
+    messages = [
+        Message(b"ok", routing_key=amqp_queue),
+        Message(b"bad", exchange=f"signalbus-missing-{uuid.uuid4().hex}"),
+    ]
+    with pytest.raises(ChannelClosed) as caught:
+        publisher.publish_messages(messages)
+    assert isinstance(caught.value, PublishError)
+    assert caught.value.reply_code == 404
+    assert "NOT_FOUND" in str(caught.value)
+    assert messages[1] in caught.value.failed
+
+    publisher.publish_messages([Message(b"next", routing_key=amqp_queue)])
+    bodies = [body for _, body in drain(amqp_channel, amqp_queue, 1)]
+    bodies += [
+        body for _, body in drain(amqp_channel, amqp_queue, queue_length(amqp_channel, amqp_queue))
+    ]
+    assert b"next" in bodies
+
+
+# -- connection failures -------------------------------------------------------------------
+
+
+def test_closed_port_raises_connection_failed(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = f"amqp://guest:{SECRET_IN_URL}@127.0.0.1:{closed_port()}/%2F"
+    publisher = Publisher(url, timeout=10)
+    message = Message(b"x", routing_key="q")
+    with pytest.raises(ConnectionFailed) as caught:
+        publisher.publish_messages([message])
+    assert caught.value.failed == (message,)
+    assert "***" in str(caught.value)
+    assert "refused" in str(caught.value).lower()
+    assert_secret_hidden(caught.value, caplog)
+    assert SECRET_IN_URL not in repr(publisher)
+
+
+def test_wrong_password_raises_connection_failed(
+    amqp_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    netloc = pika.URLParameters(amqp_url)
+    url = f"amqp://{netloc.credentials.username}:{SECRET_IN_URL}@{netloc.host}:{netloc.port}/%2F"
+    with pytest.raises(ConnectionFailed) as caught:
+        Publisher(url, timeout=10).publish_messages([Message(b"x")])
+    assert "ACCESS_REFUSED" in str(caught.value)
+    assert_secret_hidden(caught.value, caplog)
+
+
+def test_silent_server_times_out_connecting() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:  # accepts, never answers
+        url = f"amqp://guest:{SECRET_IN_URL}@127.0.0.1:{server.getsockname()[1]}/%2F"
+        started = time.monotonic()
+        with pytest.raises(ConnectionFailed) as caught:
+            Publisher(url, timeout=0.5).publish_messages([Message(b"x")])
+    assert time.monotonic() - started < 5
+    assert SECRET_IN_URL not in repr(caught.value)
+
+
+def test_silent_broker_raises_confirm_timeout_then_recovers(
+    amqp_url: str,
+    freezable_proxy: FreezableProxy,
+    amqp_channel: BlockingChannel,
+    amqp_queue: str,
+) -> None:
+    publisher = Publisher(freezable_proxy.url(amqp_url), timeout=1)
+    try:
+        publisher.publish_messages([Message(b"warm-up", routing_key=amqp_queue)])
+        freezable_proxy.freeze()
+        messages = [Message(b"m%d" % i, routing_key=amqp_queue) for i in range(20)]
+        started = time.monotonic()
+        with pytest.raises(ConfirmTimeout) as caught:
+            publisher.publish_messages(messages)
+        assert 1 <= time.monotonic() - started < 3
+        assert caught.value.failed == tuple(messages)
+        freezable_proxy.thaw()
+        publisher.publish_messages([Message(b"after", routing_key=amqp_queue)])
+    finally:
+        publisher.close()
+    bodies = [body for _, body in drain(amqp_channel, amqp_queue, 22)]
+    assert bodies[0] == b"warm-up"
+    assert bodies[-1] == b"after"
+
+
+def test_dead_connection_found_while_publishing_is_replaced(
+    amqp_url: str,
+    freezable_proxy: FreezableProxy,
+    amqp_channel: BlockingChannel,
+    amqp_queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    publisher = Publisher(freezable_proxy.url(amqp_url), timeout=10)
+    try:
+        publisher.publish_messages([Message(b"before", routing_key=amqp_queue)])
+        freezable_proxy.drop_connections()
+        # Pretend the idle check missed it, so the loss shows only while publishing.
+        monkeypatch.setattr("signalbus.rabbitmq._Link.is_usable", lambda _self: True)
+        publisher.publish_messages([Message(b"after", routing_key=amqp_queue)])
+    finally:
+        publisher.close()
+    assert [body for _, body in drain(amqp_channel, amqp_queue, 2)] == [b"before", b"after"]
+
+
+def test_connection_closed_by_broker_reconnects(amqp_vhost_url: str) -> None:
+    vhost = pika.URLParameters(amqp_vhost_url).virtual_host
+    admin = pika.BlockingConnection(pika.URLParameters(amqp_vhost_url))
+    channel = admin.channel()
+    channel.queue_declare("q", durable=True)
+    admin.close()
+    publisher = Publisher(amqp_vhost_url, timeout=10)
+    try:
+        publisher.publish_messages([Message(b"before", routing_key="q")])
+        rabbitmqctl("close_all_connections", "--vhost", vhost, "signalbus test")
+        publisher.publish_messages([Message(b"after", routing_key="q")])
+    finally:
+        publisher.close()
+    admin = pika.BlockingConnection(pika.URLParameters(amqp_vhost_url))
+    try:
+        got = drain(admin.channel(), "q", 2)
+    finally:
+        admin.close()
+    assert [body for _, body in got] == [b"before", b"after"]
+
+
+# -- URLs and configuration ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("amqp://guest:guest@localhost:5672/%2F", "amqp://guest:***@localhost:5672/%2F"),
+        ("amqps://u:p%40ss%2F@host/vh?heartbeat=30", "amqps://u:***@host/vh?heartbeat=30"),
+        ("amqp://u:p@ss@host", "amqp://u:***@host"),
+        ("amqp://:secret@[::1]:5672/", "amqp://:***@[::1]:5672/"),
+        ("amqp://u:@host", "amqp://u:***@host"),
+        ("amqp://user@host:5672/%2F", "amqp://user@host:5672/%2F"),
+        ("amqp://host", "amqp://host"),
+        ("amqp://localhost/?x=a@b", "amqp://localhost/?x=a@b"),
+        ("amqp://u:secret@[::1", "<unparsable URL>"),
+    ],
+)
+def test_redact_url(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
+
+
+def test_invalid_url_does_not_leak_password() -> None:
+    with pytest.raises(ValueError) as caught:
+        Publisher(f"http://guest:{SECRET_IN_URL}@localhost/")
+    assert SECRET_IN_URL not in str(caught.value)
+    with pytest.raises(ValueError, match="heartbeat") as caught:
+        Publisher(f"amqp://guest:{SECRET_IN_URL}@localhost/?heartbeat=often")
+    assert SECRET_IN_URL not in str(caught.value)
+    assert "***" in str(caught.value)
+    assert "***" in str(caught.value)
+
+
+def test_publisher_from_config(amqp_url: str) -> None:
+    publisher = publisher_from_config(
+        {"SIGNALBUS_RABBITMQ_URL": amqp_url, "SIGNALBUS_RABBITMQ_TIMEOUT": "7.5"}
+    )
+    assert publisher.timeout == 7.5
+    assert publisher.url == redact_url(amqp_url)
+    with pytest.raises(KeyError, match="SIGNALBUS_RABBITMQ_URL"):
+        publisher_from_config({})
