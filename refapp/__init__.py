@@ -1,0 +1,83 @@
+"""A reference application of signalbus: orders, whose events go to RabbitMQ.
+
+Configured from environment variables:
+
+``DATABASE_URL``
+    The PostgreSQL database (required), e.g. ``postgresql://user@localhost/shop``;
+    ``postgresql://`` and ``postgres://`` URLs use the psycopg (3) driver.
+``SIGNALBUS_RABBITMQ_URL``
+    The broker, e.g. ``amqp://user:password@localhost:5672/%2F``. Unset, messages
+    are printed on standard output instead.
+``SIGNALBUS_CHANNEL``, ``SIGNALBUS_EXCHANGE``, ``SIGNALBUS_BURST_COUNT``
+    Optional: the notification channel (``signalbus``), the topic exchange the
+    messages go to (``signalbus``; it must exist) and the signals sent per burst
+    (1000).
+
+Run it with::
+
+    export DATABASE_URL=postgresql://postgres@127.0.0.1/shop
+    flask --app refapp db upgrade          # tables and triggers
+    flask --app refapp run                 # POST /orders, POST /orders/<id>/ship
+    flask --app refapp signalbus listen    # send the signals as they commit
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Flask
+from flask_migrate import Migrate
+
+from .models import db
+from .publishing import init_publisher
+from .views import blueprint
+
+__all__ = ["MIGRATIONS_DIRECTORY", "config_from_env", "create_app", "database_uri"]
+
+#: The Flask-Migrate migrations of the app: ``migrations/`` next to this package.
+MIGRATIONS_DIRECTORY = Path(__file__).resolve().parent.parent / "migrations"
+
+_ENV_KEYS = (
+    "SIGNALBUS_RABBITMQ_URL",
+    "SIGNALBUS_CHANNEL",
+    "SIGNALBUS_EXCHANGE",
+    "SIGNALBUS_BURST_COUNT",
+)
+
+migrate = Migrate()
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Create the app, configured from the environment and then from *config*."""
+    app = Flask(__name__)
+    app.config.update(config_from_env(os.environ))
+    app.config.update(config or {})
+    if not app.config.get("SQLALCHEMY_DATABASE_URI"):
+        raise RuntimeError("Set DATABASE_URL, e.g. postgresql://postgres@127.0.0.1/shop")
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(MIGRATIONS_DIRECTORY))
+    init_publisher(app)
+    app.register_blueprint(blueprint)
+    return app
+
+
+def config_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Return the app config given by the environment variables *environ*."""
+    config: dict[str, Any] = {key: environ[key] for key in _ENV_KEYS if environ.get(key)}
+    if "SIGNALBUS_BURST_COUNT" in config:
+        config["SIGNALBUS_BURST_COUNT"] = int(config["SIGNALBUS_BURST_COUNT"])
+    if environ.get("DATABASE_URL"):
+        config["SQLALCHEMY_DATABASE_URI"] = database_uri(environ["DATABASE_URL"])
+    return config
+
+
+def database_uri(url: str) -> str:
+    """Return the SQLAlchemy URI of the database *url*, using psycopg for PostgreSQL."""
+    parsed = sa.make_url(url)
+    if parsed.drivername in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)

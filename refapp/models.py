@@ -1,0 +1,102 @@
+"""The database of the reference app: orders, and the signals announcing their events."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from flask import current_app, has_app_context
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.orm import Mapped, mapped_column
+
+from signalbus import AtomicProceduresMixin, SignalBusMixin
+
+from .publishing import publish
+
+__all__ = ["Order", "OrderPlacedSignal", "OrderShippedSignal", "db"]
+
+
+class CustomSQLAlchemy(SignalBusMixin, AtomicProceduresMixin, SQLAlchemy):
+    """Flask-SQLAlchemy with the signal bus and atomic procedures."""
+
+
+db = CustomSQLAlchemy()
+
+
+class ConfigValue:
+    """A class attribute read from the app config (*default* outside an app context)."""
+
+    def __init__(self, key: str, default: Any) -> None:
+        self.key = key
+        self.default = default
+
+    def __get__(self, instance: Any, owner: type) -> Any:
+        if not has_app_context():
+            return self.default
+        return current_app.config.get(self.key, self.default)
+
+
+class Order(db.Model):
+    """An order of a customer; shipped once."""
+
+    __tablename__ = "orders"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    customer: Mapped[str] = mapped_column(sa.String(100))
+    total_cents: Mapped[int] = mapped_column(sa.BigInteger)
+    created_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), server_default=sa.func.now()
+    )
+    shipped_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+    __table_args__ = (sa.CheckConstraint("total_cents >= 0", name="orders_total_cents_check"),)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the order as JSON-serialisable data."""
+        return {
+            "id": self.id,
+            "customer": self.customer,
+            "total_cents": self.total_cents,
+            "created_at": self.created_at.isoformat(),
+            "shipped_at": self.shipped_at.isoformat() if self.shipped_at else None,
+        }
+
+
+class SignalMixin:
+    """The columns and the sending of the app's signal models.
+
+    Each row is one message: its JSON ``payload`` is published with the
+    model's ``routing_key`` (see :func:`refapp.publishing.publish`).
+    """
+
+    routing_key: ClassVar[str]
+    signalbus_burst_count = ConfigValue("SIGNALBUS_BURST_COUNT", 1000)
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    created_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), server_default=sa.func.now()
+    )
+
+    @classmethod
+    def send_signalbus_message(cls, row: Any) -> None:
+        """Publish one row."""
+        publish(cls, [row])
+
+    @classmethod
+    def send_signalbus_messages(cls, rows: Any) -> None:
+        """Publish a burst of rows, waiting for the broker's confirmations."""
+        publish(cls, rows)
+
+
+class OrderPlacedSignal(SignalMixin, db.Model):
+    """An order was placed; payload: the order."""
+
+    routing_key = "order.placed"
+
+
+class OrderShippedSignal(SignalMixin, db.Model):
+    """An order was shipped; payload: the order's id and the time of shipping."""
+
+    routing_key = "order.shipped"

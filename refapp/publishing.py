@@ -1,0 +1,68 @@
+"""Publishing the app's signals: one JSON message per row, to a RabbitMQ topic exchange.
+
+Without ``SIGNALBUS_RABBITMQ_URL`` the messages are printed on standard
+output instead, so that the app runs without a broker.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import click
+from flask import Flask, current_app
+
+from signalbus.bus import table_name
+from signalbus.rabbitmq import CONFIG_URL_KEY, Message, MessageProperties, publisher_from_config
+
+__all__ = ["DEFAULT_EXCHANGE", "EXCHANGE_KEY", "build_message", "init_publisher", "publish"]
+
+#: Config key of the (topic) exchange the messages go to; it must exist on the broker.
+EXCHANGE_KEY = "SIGNALBUS_EXCHANGE"
+DEFAULT_EXCHANGE = "signalbus"
+
+_EXTENSION = "refapp.publisher"
+
+
+def init_publisher(app: Flask) -> None:
+    """Create the app's publisher when a broker URL is configured."""
+    if app.config.get(CONFIG_URL_KEY):
+        app.extensions[_EXTENSION] = publisher_from_config(app.config)
+
+
+def publish(model: type, rows: Sequence[Any]) -> None:
+    """Publish one message per row of signal *model*, returning once all are confirmed.
+
+    Raises (and the rows stay, to be sent again) if the broker did not take
+    every message. Without a broker URL the messages are printed instead.
+    """
+    messages = [build_message(model, row) for row in rows]
+    publisher = current_app.extensions.get(_EXTENSION)
+    if publisher is None:
+        for message in messages:
+            click.echo(f"{message.routing_key} {message.body.decode()}")
+        return
+    publisher.publish_messages(messages)
+
+
+def build_message(model: Any, row: Any) -> Message:
+    """Return the message of one signal row.
+
+    The body is the row's JSON ``payload``; the routing key the model's
+    ``routing_key``; the message id, stable across redeliveries,
+    ``"<table>:<primary key>"``.
+    """
+    properties = MessageProperties(
+        content_type="application/json",
+        message_id=f"{table_name(model.__table__)}:{row.id}",
+        timestamp=int(row.created_at.timestamp()),
+        type=model.routing_key,
+        app_id="refapp",
+    )
+    return Message(
+        body=json.dumps(row.payload, separators=(",", ":")).encode(),
+        exchange=current_app.config.get(EXCHANGE_KEY, DEFAULT_EXCHANGE),
+        routing_key=model.routing_key,
+        properties=properties,
+    )
