@@ -7,7 +7,7 @@ from flask import Flask
 
 from tests.models import db, recorder
 
-pytest_plugins = ["tests.postgres_fixtures"]
+pytest_plugins = ["tests.postgres_fixtures", "tests.rabbitmq_fixtures"]
 
 
 @pytest.fixture

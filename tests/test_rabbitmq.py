@@ -26,15 +26,7 @@ from signalbus.rabbitmq import (
     publisher_from_config,
     redact_url,
 )
-from tests import rabbitmq_fixtures
 from tests.rabbitmq_fixtures import FreezableProxy, rabbitmqctl, wait_for
-
-# The broker fixtures, until tests/conftest.py loads tests.rabbitmq_fixtures as a plugin.
-amqp_url = rabbitmq_fixtures.amqp_url
-amqp_channel = rabbitmq_fixtures.amqp_channel
-amqp_queue = rabbitmq_fixtures.amqp_queue
-amqp_vhost_url = rabbitmq_fixtures.amqp_vhost_url
-freezable_proxy = rabbitmq_fixtures.freezable_proxy
 
 SECRET = "s3cret-p@ss/word"
 SECRET_IN_URL = "s3cret-p%40ss%2Fword"
