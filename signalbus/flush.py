@@ -110,10 +110,9 @@ class ModelFlusher:
         pipelined = burst_count >= PIPELINE_MIN_BURST
         sent = 0
         upcoming: Future[Burst] | None = None
+        executor: ThreadPoolExecutor | None = None
         with ExitStack() as stack:
-            connections = [_connect(engine, stack) for _ in range(1 + pipelined)]
-            if pipelined:
-                executor = stack.enter_context(ThreadPoolExecutor(1, "signalbus-prefetch"))
+            connections = [_connect(engine, stack)]
             while not should_stop():
                 burst = upcoming.result() if upcoming else self._fetch(connections[0], burst_count)
                 upcoming = None
@@ -122,6 +121,9 @@ class ModelFlusher:
                     break
                 full = len(burst.rows) == burst_count
                 if pipelined and full and not should_stop():
+                    if executor is None:  # only a backlog is worth a second connection
+                        connections.append(_connect(engine, stack))
+                        executor = stack.enter_context(ThreadPoolExecutor(1, "signalbus-prefetch"))
                     connections.reverse()
                     upcoming = executor.submit(self._fetch, connections[0], burst_count)
                 self._send(burst, upcoming)
