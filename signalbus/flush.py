@@ -75,10 +75,14 @@ def build_delete_statement(model: type) -> sa.Delete:
 class Burst:
     """Rows deleted by a transaction that is still open."""
 
+    connection: Connection
     transaction: RootTransaction
     rows: list[Row]
 
     def commit(self) -> None:
+        # Losing this commit in a crash only sends the rows again, which
+        # at-least-once allows; not waiting for the WAL flush shortens every burst.
+        self.connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
         self.transaction.commit()
 
     def rollback(self) -> None:
@@ -143,7 +147,7 @@ class ModelFlusher:
             transaction.rollback()
             raise
         rows.sort(key=self.sort_key)
-        return Burst(transaction, rows)
+        return Burst(connection, transaction, rows)
 
     def _send(self, burst: Burst, upcoming: Future[Burst] | None) -> None:
         try:
