@@ -16,13 +16,24 @@ from flask import Flask, current_app
 from signalbus.bus import table_name
 from signalbus.rabbitmq import CONFIG_URL_KEY, Message, MessageProperties, publisher_from_config
 
-__all__ = ["DEFAULT_EXCHANGE", "EXCHANGE_KEY", "build_message", "init_publisher", "publish"]
+__all__ = [
+    "DEFAULT_EXCHANGE",
+    "EXCHANGE_KEY",
+    "build_message",
+    "build_messages",
+    "init_publisher",
+    "publish",
+]
 
 #: Config key of the (topic) exchange the messages go to; it must exist on the broker.
 EXCHANGE_KEY = "SIGNALBUS_EXCHANGE"
 DEFAULT_EXCHANGE = "signalbus"
 
 _EXTENSION = "refapp.publisher"
+
+#: Compact JSON, with one encoder for all messages (``json.dumps`` with
+#: ``separators`` builds a new encoder on every call).
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def init_publisher(app: Flask) -> None:
@@ -37,7 +48,7 @@ def publish(model: type, rows: Sequence[Any]) -> None:
     Raises (and the rows stay, to be sent again) if the broker did not take
     every message. Without a broker URL the messages are printed instead.
     """
-    messages = [build_message(model, row) for row in rows]
+    messages = build_messages(model, rows)
     publisher = current_app.extensions.get(_EXTENSION)
     if publisher is None:
         for message in messages:
@@ -47,22 +58,31 @@ def publish(model: type, rows: Sequence[Any]) -> None:
 
 
 def build_message(model: Any, row: Any) -> Message:
-    """Return the message of one signal row.
+    """Return the message of one signal row (see :func:`build_messages`)."""
+    [message] = build_messages(model, [row])
+    return message
+
+
+def build_messages(model: Any, rows: Sequence[Any]) -> list[Message]:
+    """Return the messages of signal rows of *model*, one per row, in order.
 
     The body is the row's JSON ``payload``; the routing key the model's
     ``routing_key``; the message id, stable across redeliveries,
-    ``"<table>:<primary key>"``.
+    ``"<table>:<primary key>"``. What all rows share is looked up once.
     """
-    properties = MessageProperties(
-        content_type="application/json",
-        message_id=f"{table_name(model.__table__)}:{row.id}",
-        timestamp=int(row.created_at.timestamp()),
-        type=model.routing_key,
-        app_id="refapp",
-    )
-    return Message(
-        body=json.dumps(row.payload, separators=(",", ":")).encode(),
-        exchange=current_app.config.get(EXCHANGE_KEY, DEFAULT_EXCHANGE),
-        routing_key=model.routing_key,
-        properties=properties,
-    )
+    exchange = current_app.config.get(EXCHANGE_KEY, DEFAULT_EXCHANGE)
+    routing_key = model.routing_key
+    prefix = f"{table_name(model.__table__)}:"
+    return [
+        Message(
+            body=_encode_json(row.payload).encode(),
+            exchange=exchange,
+            routing_key=routing_key,
+            properties=MessageProperties(
+                content_type="application/json",
+                message_id=f"{prefix}{row.id}",
+                timestamp=int(row.created_at.timestamp()),
+            ),
+        )
+        for row in rows
+    ]
