@@ -22,6 +22,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "SIGNALBUS_CHANNEL": "signalbus",
     "SIGNALBUS_RABBITMQ_URL": None,
     "SIGNALBUS_SWEEP_INTERVAL": 60.0,
+    "SIGNALBUS_PROBE_INTERVAL": 60.0,
 }
 
 

@@ -138,6 +138,7 @@ def listen_command(signal_names: tuple[str, ...], sweep_interval: float | None) 
         models,
         channel=config["SIGNALBUS_CHANNEL"],
         sweep_interval=sweep_interval or config["SIGNALBUS_SWEEP_INTERVAL"],
+        probe_interval=config["SIGNALBUS_PROBE_INTERVAL"],
     )
     listener.run()
 

@@ -1,0 +1,298 @@
+"""Benchmark: commit-to-send latency of ``flask signalbus listen``, and its idle cost.
+
+    python -m bench.latency [--rates 200,1000] [--duration 15] [--idle 60] [--runs 1]
+
+A ``flask signalbus listen`` process (the real CLI, default options) serves
+one signal model in a throwaway database, with the notification trigger
+installed. First the database is left idle for ``--idle`` seconds and the
+transactions it runs are counted (``xact_commit + xact_rollback`` of
+``pg_stat_database``, read from another database so that the reads do not
+count; the stats lag by up to 10 s at both ends of the window; a window in
+which another backend, such as an autovacuum worker, visits the database is
+measured again). Then, for each
+rate, a producer inserts one row per transaction (an autocommit ``INSERT``:
+the statement is its own transaction, committed before the server answers)
+for ``--duration`` seconds, and the model's send writes the time each row is
+sent to a file.
+
+Two latencies are reported per row, as p50/p95/p99/max:
+
+* ``insert->send``: from just before the producer sends the ``INSERT`` to the
+  send call. It covers the insert, the commit (WAL flush), the notification,
+  the listener's wake-up, the flush's ``DELETE ... RETURNING`` and the send
+  call; an upper bound of commit-to-send.
+* ``ack->send``: from the producer receiving the commit's answer to the send
+  call; a lower bound of commit-to-send (it is negative when the listener sent
+  the row before the producer heard its commit).
+
+Every row is sent with ``send_signalbus_messages``, which does nothing but
+note the time: the latency of a broker is not part of this. The producer, the
+listener and PostgreSQL share the machine's cores. With ``--runs N`` each
+statistic is the median over the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import psycopg
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+
+from bench.database import DEFAULT_SERVER_URL, bench_database, psycopg_conninfo
+from signalbus import SignalBusMixin
+from signalbus.triggers import install_trigger
+
+
+class BenchSQLAlchemy(SignalBusMixin, SQLAlchemy):
+    pass
+
+
+db = BenchSQLAlchemy()
+
+
+class LatencySignal(db.Model):
+    signalbus_burst_count: ClassVar[int] = 100
+
+    id = db.Column(db.BigInteger, primary_key=True)
+    payload = db.Column(db.Text, nullable=False)
+
+    @classmethod
+    def send_signalbus_message(cls, obj: Any) -> None:
+        cls.send_signalbus_messages([obj])
+
+    @classmethod
+    def send_signalbus_messages(cls, objs: Sequence[Any]) -> None:
+        sent_at = time.time()
+        lines = "".join(f"{obj.id} {sent_at!r}\n" for obj in objs)
+        os.write(_sent_file(), lines.encode())
+
+
+_sent_fd: int | None = None
+
+
+def _sent_file() -> int:
+    global _sent_fd
+    if _sent_fd is None:
+        path = os.environ["BENCH_SENT_FILE"]
+        _sent_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    return _sent_fd
+
+
+def create_app(database_url: str | None = None) -> Flask:
+    """The listener's app (``flask --app bench.latency``): ``$BENCH_DATABASE_URL``."""
+    app = Flask(__name__)
+    app.config["SQLALCHEMY_DATABASE_URI"] = database_url or os.environ["BENCH_DATABASE_URL"]
+    db.init_app(app)
+    return app
+
+
+def create_schema(database_url: str) -> None:
+    app = create_app(database_url)
+    with app.app_context():
+        db.create_all()
+        with db.engine.begin() as connection:
+            install_trigger(connection, LatencySignal.__tablename__)
+        db.engine.dispose()
+
+
+class ListenerProcess:
+    """``flask signalbus listen`` in a subprocess, its log in a file."""
+
+    def __init__(self, database_url: str, workdir: Path) -> None:
+        self.sent_file = workdir / "sent"
+        self.log_file = workdir / "listener.log"
+        env = {
+            **os.environ,
+            "BENCH_DATABASE_URL": database_url,
+            "BENCH_SENT_FILE": str(self.sent_file),
+        }
+        command = [sys.executable, "-m", "flask", "--app", "bench.latency", "signalbus", "listen"]
+        with self.log_file.open("w") as log:
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+        self._wait_for_log("listening")
+
+    def _wait_for_log(self, text: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log_file.read_text():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the listener did not start:\n{self.log_file.read_text()}")
+            time.sleep(0.05)
+
+    def sent_times(self) -> dict[int, float]:
+        if not self.sent_file.exists():
+            return {}
+        pairs = (line.split() for line in self.sent_file.read_text().splitlines())
+        return {int(row_id): float(sent_at) for row_id, sent_at in pairs}
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def count_transactions(server_conninfo: str, database: str) -> int:
+    """Return ``xact_commit + xact_rollback`` of *database*, read from another database."""
+    with psycopg.connect(server_conninfo, autocommit=True) as connection:
+        row = connection.execute(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s",
+            (database,),
+        ).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def measure_idle(server_conninfo: str, database: str, seconds: float) -> int:
+    """Count the transactions *database* runs in *seconds*, after the stats settle.
+
+    A window in which another backend than the listener's (an autovacuum
+    worker, another client) appears in the database is measured again, up to
+    three windows: its transactions would count in the same totals.
+    """
+    time.sleep(11)  # an idle backend reports its counts within 10 s
+    with psycopg.connect(server_conninfo, autocommit=True) as connection:
+        listener_backends = backends(connection, database)
+        for _ in range(3):
+            before = count_transactions(server_conninfo, database)
+            seen = watch_backends(connection, database, seconds)
+            count = count_transactions(server_conninfo, database) - before
+            if seen <= listener_backends:
+                return count
+            others = sorted(seen - listener_backends)
+            print(f"(other backends {others} ran {count} transactions in the idle window)")
+    return count
+
+
+#: (pid, backend type, application name)
+Backend = tuple[int, str, str]
+
+
+def backends(connection: psycopg.Connection, database: str) -> set[Backend]:
+    """Return the backends connected to *database*."""
+    query = "SELECT pid, backend_type, application_name FROM pg_stat_activity WHERE datname = %s"
+    return set(connection.execute(query, (database,)).fetchall())
+
+
+def watch_backends(connection: psycopg.Connection, database: str, seconds: float) -> set[Backend]:
+    """Return the backends seen in *database* during the next *seconds*, polling at 20 Hz."""
+    seen: set[Backend] = set()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        seen |= backends(connection, database)
+        time.sleep(0.05)
+    return seen
+
+
+def produce(conninfo: str, rate: float, duration: float) -> dict[int, tuple[float, float]]:
+    """Insert one row per transaction at *rate* per second; map ids to (before, acked)."""
+    times: dict[int, tuple[float, float]] = {}
+    insert = "INSERT INTO latency_signal (payload) VALUES ('x') RETURNING id"
+    with psycopg.connect(conninfo, autocommit=True) as connection:
+        cursor = connection.cursor()
+        cursor.execute(insert, prepare=True)  # warm up
+        count = int(rate * duration)
+        started = time.perf_counter()
+        for i in range(count):
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            before = time.time()
+            cursor.execute(insert, prepare=True)
+            acked = time.time()
+            row = cursor.fetchone()
+            assert row is not None
+            times[row[0]] = (before, acked)
+    return times
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    ordered = sorted(values)
+
+    def at(fraction: float) -> float:
+        return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "max": ordered[-1]}
+
+
+def measure_rate(
+    conninfo: str, listener: ListenerProcess, rate: float, duration: float
+) -> dict[str, dict[str, float]]:
+    started = time.monotonic()
+    produced = produce(conninfo, rate, duration)
+    achieved = len(produced) / (time.monotonic() - started)
+    deadline = time.monotonic() + 30
+    while not set(produced) <= set(sent := listener.sent_times()):
+        if time.monotonic() > deadline:
+            raise RuntimeError("some rows were not sent within 30 s")
+        time.sleep(0.1)
+    in_ms = {
+        "insert->send": [(sent[i] - before) * 1000 for i, (before, _) in produced.items()],
+        "ack->send": [(sent[i] - acked) * 1000 for i, (_, acked) in produced.items()],
+    }
+    result = {name: percentiles(values) for name, values in in_ms.items()}
+    result["rate"] = {"achieved": achieved}
+    return result
+
+
+def run(rates: Sequence[float], duration: float, idle: float) -> dict[str, Any]:
+    name = f"signalbus_bench_latency_{os.getpid()}"
+    with bench_database(name) as database_url, tempfile.TemporaryDirectory() as workdir:
+        create_schema(database_url)
+        server = psycopg_conninfo(
+            os.environ.get("SIGNALBUS_BENCH_DATABASE_URL", DEFAULT_SERVER_URL)
+        )
+        listener = ListenerProcess(database_url, Path(workdir))
+        try:
+            results: dict[str, Any] = {}
+            if idle > 0:
+                results["idle"] = measure_idle(server, name, idle)
+            conninfo = psycopg_conninfo(database_url)
+            for rate in rates:
+                results[rate] = measure_rate(conninfo, listener, rate, duration)
+        finally:
+            listener.stop()
+        return results
+
+
+def report(runs: list[dict[str, Any]], rates: Sequence[float], idle: float) -> None:
+    for rate in rates:
+        achieved = statistics.median(run[rate]["rate"]["achieved"] for run in runs)
+        print(f"{rate:g} rows/s (achieved {achieved:.0f}/s), ms, median of {len(runs)} run(s):")
+        for name in ("insert->send", "ack->send"):
+            stats = {
+                key: statistics.median(run[rate][name][key] for run in runs)
+                for key in ("p50", "p95", "p99", "max")
+            }
+            shown = "  ".join(f"{key} {value:7.2f}" for key, value in stats.items())
+            print(f"  {name:13} {shown}")
+    if idle > 0:
+        counts = [run["idle"] for run in runs]
+        print(f"idle: {counts} transactions in {idle:g} s (median {statistics.median(counts):g})")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__)
+    parser.add_argument("--rates", default="200,1000", help="rows per second, comma-separated")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per rate")
+    parser.add_argument("--idle", type=float, default=60.0, help="idle seconds (0: skip)")
+    parser.add_argument("--runs", type=int, default=1, help="runs; medians are reported")
+    args = parser.parse_args(argv)
+    rates = [float(rate) for rate in args.rates.split(",")]
+    runs = [run(rates, args.duration, args.idle) for _ in range(args.runs)]
+    report(runs, rates, args.idle)
+
+
+if __name__ == "__main__":
+    main()

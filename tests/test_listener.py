@@ -1,0 +1,469 @@
+"""``flask signalbus listen`` as real processes against real PostgreSQL."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from flask import Flask
+from psycopg.conninfo import make_conninfo
+from sqlalchemy.engine import make_url
+
+from tests import listener_app
+from tests.listener_app import db
+
+ROOT = Path(__file__).resolve().parent.parent
+FLASK = str(Path(sys.executable).with_name("flask"))
+PASSWORD = "s3cr3t-pw"
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
+    """Poll *condition* until it is true; fail after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what or condition}")
+        time.sleep(0.01)
+
+
+class ListenerProcess:
+    """A ``flask signalbus listen`` process whose combined output is collected as it comes."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        command = [FLASK, "--app", "tests.listener_app", "signalbus", "listen", *args]
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, text: str, timeout: float = 10.0) -> None:
+        wait_until(lambda: text in self.output, timeout, f"{text!r} in the output")
+
+    def wait_ready(self) -> None:
+        self.wait_for("listening")
+
+    def exit_status(self, timeout: float) -> int:
+        status = self.process.wait(timeout)
+        self._reader.join(5)
+        return status
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self._reader.join(5)
+
+
+class Database:
+    """Direct access to the test database: inserts, notifications, sent rows."""
+
+    def __init__(self, url: str, sent_file: Path) -> None:
+        self.conninfo = make_url(url).set(drivername="postgresql").render_as_string(False)
+        self.name = make_url(url).database
+        self.sent_file = sent_file
+        self.connection = psycopg.connect(self.conninfo, autocommit=True)
+        self._lock = threading.Lock()
+
+    def execute(self, query: str, params: tuple = ()) -> list[tuple]:
+        with self._lock, self.connection.cursor() as cursor:
+            cursor.execute(query.encode(), params)
+            return cursor.fetchall() if cursor.description else []
+
+    def insert(self, table: str, first: int, last: int | None = None) -> None:
+        """Insert ids *first* to *last* (inclusive) in one transaction."""
+        last = first if last is None else last
+        self.execute(
+            f"INSERT INTO {table} (id) SELECT generate_series(%s::bigint, %s)", (first, last)
+        )
+
+    def pending(self, table: str) -> set[int]:
+        return {row[0] for row in self.execute(f"SELECT id FROM {table}")}
+
+    def sent(self, model: str = "Tick") -> list[int]:
+        if not self.sent_file.exists():
+            return []
+        lines = self.sent_file.read_text().splitlines()
+        return [int(line.split()[1]) for line in lines if line.split()[0] == model]
+
+    def senders(self) -> set[str]:
+        return {line.split()[2] for line in self.sent_file.read_text().splitlines()}
+
+    def listener_pids(self) -> set[int]:
+        query = (
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE datname = %s AND application_name = 'signalbus-listener'"
+        )
+        return {row[0] for row in self.execute(query, (self.name,))}
+
+    def terminate(self, pids: set[int]) -> None:
+        for pid in pids:
+            self.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+    def other_backends(self) -> set[int]:
+        query = "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+        return {row[0] for row in self.execute(query, (self.name,))}
+
+
+class Producer(threading.Thread):
+    """Insert consecutive ids, a few per transaction, until stopped."""
+
+    def __init__(self, database: Database, first: int = 1, per_transaction: int = 3) -> None:
+        super().__init__(daemon=True)
+        self.database = database
+        self.next_id = first
+        self.per_transaction = per_transaction
+        self.inserted: list[int] = []
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopping.wait(0.005):
+            last = self.next_id + self.per_transaction - 1
+            self.database.insert("tick", self.next_id, last)
+            self.inserted.extend(range(self.next_id, last + 1))
+            self.next_id = last + 1
+
+    def stop(self) -> list[int]:
+        self._stopping.set()
+        self.join()
+        return self.inserted
+
+
+class FreezableProxy:
+    """A TCP proxy to the database whose connections can be frozen.
+
+    A frozen connection stays open and keeps being acknowledged by TCP, but
+    no byte crosses it any more: a half-open connection, as after a network
+    cut behind a proxy.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.frozen: set[int] = set()
+        self.sockets: list[socket.socket] = [self.server]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def freeze(self, upstream_port: int) -> None:
+        """Freeze the connection whose server-side client port is *upstream_port*."""
+        self.frozen.add(upstream_port)
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.sockets += [client, upstream]
+            key = upstream.getsockname()[1]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink, key), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, key: int) -> None:
+        try:
+            while data := source.recv(65536):
+                if key not in self.frozen:
+                    sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def flask_app(database_url: str) -> Iterator[Flask]:
+    app = listener_app.create_app(database_url)
+    listener_app.create_schema(app)
+    yield app
+    with app.app_context():
+        for engine in db.engines.values():
+            engine.dispose()
+
+
+@pytest.fixture
+def env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "LISTENER_DATABASE_URL": database_url,
+        "LISTENER_SENT_FILE": str(tmp_path / "sent"),
+        "LISTENER_FAIL_FILE": str(tmp_path / "fail"),
+    }
+
+
+@pytest.fixture
+def database(flask_app: Flask, database_url: str, tmp_path: Path) -> Iterator[Database]:
+    database = Database(database_url, tmp_path / "sent")
+    yield database
+    database.connection.close()
+
+
+@pytest.fixture
+def spawn(env: dict[str, str], flask_app: Flask) -> Iterator[Callable[..., ListenerProcess]]:
+    processes: list[ListenerProcess] = []
+
+    def spawn(*args: str, **env_overrides: str) -> ListenerProcess:
+        process = ListenerProcess(list(args), {**env, **env_overrides})
+        processes.append(process)
+        return process
+
+    yield spawn
+    for process in processes:
+        process.kill()
+
+
+def test_catches_up_says_ready_and_delivers_promptly(spawn, database: Database) -> None:
+    database.insert("tick", 1, 5)
+    listener = spawn("--sweep-interval", "3600")
+    listener.wait_ready()
+    [ready] = [line for line in listener.lines if "listening" in line]
+    assert "'signalbus'" in ready and "Tick" in ready and "Flaky" in ready
+    wait_until(lambda: sorted(database.sent()) == [1, 2, 3, 4, 5], what="the catch-up")
+    for row_id in range(6, 56):
+        database.insert("tick", row_id)
+    wait_until(lambda: len(database.sent()) == 55, timeout=5, what="55 rows sent")
+    assert sorted(database.sent()) == list(range(1, 56))
+    wait_until(lambda: not database.pending("tick"), what="the last commit")
+    assert sum("listening" in line for line in listener.lines) == 1
+
+
+def test_unknown_signal_name_is_a_usage_error(spawn) -> None:
+    listener = spawn("Tick", "Nope")
+    assert listener.exit_status(timeout=30) == 2
+    assert "Unknown signal Nope" in listener.output
+
+
+def test_only_the_named_signals_are_served(spawn, database: Database) -> None:
+    listener = spawn("Flaky", "--sweep-interval", "3600")
+    listener.wait_ready()
+    database.insert("tick", 1)
+    database.insert("flaky", 1)
+    wait_until(lambda: database.sent("Flaky") == [1], what="the Flaky row")
+    assert database.pending("tick") == {1}
+
+
+def test_reconnects_after_its_backend_is_terminated(spawn, database: Database) -> None:
+    listener = spawn("--sweep-interval", "3600")
+    listener.wait_ready()
+    wait_until(database.listener_pids, what="the listener's backend")
+    first_pids = database.listener_pids()
+    producer = Producer(database)
+    producer.start()
+    try:
+        wait_until(lambda: len(database.sent()) >= 20, what="a steady stream")
+        database.terminate(first_pids)
+        listener.wait_for("Lost the LISTEN connection")
+        listener.wait_for("Reconnected")
+        wait_until(lambda: database.listener_pids() - first_pids, what="a new backend")
+        sent_before = len(database.sent())
+        wait_until(lambda: len(database.sent()) >= sent_before + 20, what="the stream again")
+    finally:
+        inserted = producer.stop()
+    wait_until(lambda: len(database.sent()) >= len(inserted), timeout=5, what="every row")
+    assert sorted(database.sent()) == inserted
+    wait_until(lambda: not database.pending("tick"), what="the last commit")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stops_within_two_seconds_losing_nothing(spawn, database: Database, signum: int) -> None:
+    listener = spawn()
+    listener.wait_ready()
+    producer = Producer(database, per_transaction=20)
+    producer.start()
+    try:
+        wait_until(lambda: len(database.sent()) >= 200, what="a steady stream")
+        started = time.monotonic()
+        listener.process.send_signal(signum)
+        status = listener.exit_status(timeout=5)
+        elapsed = time.monotonic() - started
+    finally:
+        inserted = producer.stop()
+    assert status == 0, listener.output
+    assert elapsed < 2.0
+    sent = database.sent()
+    assert len(sent) == len(set(sent))
+    assert set(sent) | database.pending("tick") == set(inserted)
+    assert "Traceback" not in listener.output
+
+
+def test_a_new_listener_delivers_what_a_killed_one_left(spawn, database: Database) -> None:
+    listener = spawn()
+    listener.wait_ready()
+    producer = Producer(database, per_transaction=20)
+    producer.start()
+    try:
+        wait_until(lambda: len(database.sent()) >= 200, what="a steady stream")
+        listener.process.send_signal(signal.SIGKILL)
+        listener.exit_status(timeout=5)
+        killed_at = producer.next_id
+        wait_until(lambda: producer.next_id > killed_at + 100, what="rows after the kill")
+        spawn().wait_ready()
+        wait_until(lambda: len(database.sent()) > killed_at + 200, what="the new listener")
+    finally:
+        inserted = producer.stop()
+    wait_until(lambda: set(database.sent()) >= set(inserted), what="every row at least once")
+    wait_until(lambda: not database.pending("tick"), what="the last commit")
+
+
+def test_a_failing_signal_does_not_hold_up_the_others(
+    spawn, database: Database, env: dict[str, str]
+) -> None:
+    fail_file = Path(env["LISTENER_FAIL_FILE"])
+    fail_file.touch()
+    listener = spawn("--sweep-interval", "3600")
+    listener.wait_ready()
+    for row_id in (1, 2, 3):
+        database.insert("flaky", row_id)
+    listener.wait_for("Sending Flaky signals failed")
+    assert "the broker refused a Flaky message" in listener.output
+    for row_id in range(1, 21):
+        database.insert("tick", row_id)
+        wait_until(lambda n=row_id: len(database.sent()) == n, timeout=1, what=f"tick {row_id}")
+    assert database.pending("flaky") == {1, 2, 3}
+    assert database.sent("Flaky") == []
+    fail_file.unlink()
+    wait_until(lambda: sorted(database.sent("Flaky")) == [1, 2, 3], timeout=40, what="the retry")
+    wait_until(lambda: not database.pending("flaky"), what="the last commit")
+    listener.wait_for("Sending Flaky signals works again")
+
+
+BAD_PAYLOADS = ["garbage", "no_such_table", "public.tick", "x" * 7999, "x'; drop table y; --"]
+
+
+def test_bad_payloads_are_logged_and_ignored(spawn, database: Database) -> None:
+    listener = spawn("--sweep-interval", "3600")
+    listener.wait_ready()
+    for payload in BAD_PAYLOADS:
+        database.execute("SELECT pg_notify('signalbus', %s)", (payload,))
+    wait_until(
+        lambda: listener.output.count("unknown table") == len(BAD_PAYLOADS),
+        what="a warning per bad payload",
+    )
+    assert "(7999 characters)" in listener.output
+    assert "x" * 100 not in listener.output
+    assert repr(BAD_PAYLOADS[-1]) in listener.output
+    database.insert("tick", 1)
+    wait_until(lambda: database.sent() == [1], what="a row after the bad payloads")
+    assert listener.process.poll() is None
+
+
+def test_two_listeners_send_each_row_exactly_once(spawn, database: Database) -> None:
+    listeners = [spawn(), spawn()]
+    for listener in listeners:
+        listener.wait_ready()
+    total, step = 10_000, 50
+    for first in range(1, total + 1, step):
+        database.insert("tick", first, first + step - 1)
+    wait_until(lambda: len(database.sent()) >= total, timeout=30, what="every row")
+    counts = collections.Counter(database.sent())
+    assert set(counts) == set(range(1, total + 1))
+    assert set(counts.values()) == {1}
+    wait_until(lambda: not database.pending("tick"), what="the last commit")
+    assert len(database.senders()) == 2
+
+
+def test_password_never_logged_even_across_reconnects(
+    spawn, database: Database, database_url: str
+) -> None:
+    url = make_url(database_url).set(password=PASSWORD).render_as_string(hide_password=False)
+    listener = spawn("--sweep-interval", "3600", LISTENER_DATABASE_URL=url)
+    listener.wait_ready()
+    database.insert("tick", 1)
+    wait_until(lambda: database.sent() == [1], what="the first row")
+    # As after a server restart: the LISTEN connection and the pooled ones are gone.
+    database.terminate(database.other_backends())
+    listener.wait_for("Reconnected")
+    database.insert("tick", 2)
+    wait_until(lambda: database.sent() == [1, 2], what="a row after the reconnect")
+    assert "***" in listener.output
+    assert PASSWORD not in listener.output
+    assert "Sending Tick signals failed" not in listener.output
+
+
+def test_a_half_open_connection_is_found_by_the_probe(
+    spawn, database: Database, database_url: str
+) -> None:
+    url = make_url(database_url)
+    proxy = FreezableProxy(url.host or "127.0.0.1", url.port or 5432)
+    try:
+        proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(False)
+        listener = spawn(
+            "--sweep-interval", "3600", LISTENER_DATABASE_URL=proxied, LISTENER_PROBE_INTERVAL="1"
+        )
+        listener.wait_ready()
+        query = (
+            "SELECT client_port FROM pg_stat_activity "
+            "WHERE datname = %s AND application_name = 'signalbus-listener'"
+        )
+        [(client_port,)] = database.execute(query, (database.name,))
+        proxy.freeze(client_port)
+        listener.wait_for("no answer to a probe within 1 s", timeout=10)
+        listener.wait_for("Reconnected")
+        database.insert("tick", 1)
+        wait_until(lambda: database.sent() == [1], timeout=2, what="a row after the reconnect")
+    finally:
+        proxy.close()
+
+
+def test_sweeps_find_rows_whose_notification_was_lost(spawn, database: Database) -> None:
+    listener = spawn("--sweep-interval", "1")
+    listener.wait_ready()
+    with database.connection.transaction():
+        database.execute("SET LOCAL session_replication_role = replica")  # no trigger fires
+        database.insert("tick", 1, 3)
+    wait_until(lambda: sorted(database.sent()) == [1, 2, 3], timeout=5, what="the sweep")
+
+
+def test_survives_a_database_outage(spawn, database: Database, database_url: str) -> None:
+    url = make_url(database_url).set(password=PASSWORD).render_as_string(hide_password=False)
+    listener = spawn("--sweep-interval", "1", LISTENER_DATABASE_URL=url)
+    listener.wait_ready()
+    allow = f'ALTER DATABASE "{database.name}" ALLOW_CONNECTIONS %s'
+    admin_conninfo = make_conninfo(database.conninfo, dbname="postgres")
+    with psycopg.connect(admin_conninfo, autocommit=True) as admin:
+        admin.execute((allow % "false").encode())
+        try:
+            database.terminate(database.other_backends())
+            listener.wait_for("Cannot listen on")
+            listener.wait_for("Sending Tick signals failed")
+            database.insert("tick", 1, 10)
+        finally:
+            admin.execute((allow % "true").encode())
+    listener.wait_for("Reconnected", timeout=40)
+    wait_until(lambda: sorted(database.sent()) == list(range(1, 11)), what="the catch-up")
+    listener.wait_for("Sending Tick signals works again")
+    database.insert("tick", 11)
+    wait_until(lambda: len(database.sent()) == 11, timeout=2, what="a row after the outage")
+    assert PASSWORD not in listener.output
