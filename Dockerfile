@@ -1,0 +1,19 @@
+# The reference app's image: the HTTP app (gunicorn), its migrations and the
+# `flask signalbus listen` sidecar all run from it; see docker-compose.yml.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    FLASK_APP=refapp
+
+WORKDIR /app
+COPY . .
+# Editable: refapp finds its migrations/ next to the package, in /app.
+RUN pip install -e '.[deploy]' \
+    && useradd --system --no-create-home --shell /usr/sbin/nologin app
+
+USER app
+EXPOSE 8000
+CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "refapp:create_app()"]
