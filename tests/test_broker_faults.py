@@ -1,0 +1,454 @@
+"""Broker faults against the reference app's real sidecar and a real RabbitMQ.
+
+``flask --app refapp signalbus listen`` (or ``flushmany``) runs as a
+subprocess on a fresh database and a fresh virtual host, reached as a user with
+a password; a consumer thread records the ``message_id`` of every message
+delivered to a queue bound to the app's topic exchange. Whatever the fault,
+every row must end up delivered, its table empty; messages may only be
+duplicated within a burst whose publishing failed.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import pika
+import pika.exceptions
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from refapp import create_app
+from refapp.models import db
+from signalbus.triggers import install_trigger
+from tests.rabbitmq_fixtures import rabbitmqctl, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+FLASK = str(Path(sys.executable).with_name("flask"))
+PASSWORD = "br0ker-s3cret-Pw"
+EXCHANGE = "signalbus"
+QUEUE = "orders"
+PLACED = "order_placed_signal"
+SHIPPED = "order_shipped_signal"
+BURST = 1000  # the reference app's default SIGNALBUS_BURST_COUNT
+
+#: Log lines telling that a burst's publishing failed, so it may have been sent twice.
+FAILED_ATTEMPT = re.compile(r"signals failed|publishing again on a new connection")
+
+
+# ---------------------------------------------------------------------------------------
+# The database
+
+
+class Database:
+    """The reference app's database: its signal tables, and inserting into them."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        conninfo = make_url(url).set(drivername="postgresql").render_as_string(False)
+        self.connection = psycopg.connect(conninfo, autocommit=True)
+        self._lock = threading.Lock()
+
+    def insert(self, table: str, count: int) -> list[str]:
+        """Insert *count* signal rows in one transaction; return their message ids."""
+        query = (
+            f"INSERT INTO {table} (payload) SELECT json_build_object('n', g) "
+            "FROM generate_series(1, %s) g RETURNING id"
+        )
+        with self._lock:
+            rows = self.connection.execute(query.encode(), (count,)).fetchall()
+        return [f"{table}:{row_id}" for (row_id,) in rows]
+
+    def pending(self, table: str = PLACED) -> int:
+        with self._lock:
+            row = self.connection.execute(f"SELECT count(*) FROM {table}".encode()).fetchone()
+        assert row is not None
+        return row[0]
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    """The reference app's tables and notification triggers in a fresh database."""
+    app = create_app({"SQLALCHEMY_DATABASE_URI": database_url})
+    with app.app_context():
+        db.create_all()
+        with db.engine.begin() as connection:
+            for table in db.signalbus.get_signal_tables():
+                install_trigger(connection, table)
+        db.engine.dispose()
+    database = Database(database_url)
+    yield database
+    database.close()
+
+
+# ---------------------------------------------------------------------------------------
+# The broker
+
+
+@pytest.fixture(scope="module")
+def broker_user(amqp_url: str) -> Iterator[str]:
+    """A broker user with a password, for the app (the tests use the admin URL)."""
+    name = f"signalbus-faults-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_user", name, PASSWORD)
+    try:
+        yield name
+    finally:
+        rabbitmqctl("delete_user", name)
+
+
+class Broker:
+    """The test's virtual host: admin operations on it, and the app's URL."""
+
+    def __init__(self, admin_url: str, user: str) -> None:
+        self.admin_url = admin_url
+        parts = urlsplit(admin_url)
+        self.vhost = unquote(parts.path[1:])
+        netloc = f"{quote(user, safe='')}:{quote(PASSWORD, safe='')}@{parts.hostname}"
+        self.app_url = urlunsplit(parts._replace(netloc=f"{netloc}:{parts.port or 5672}"))
+
+    def run(self, action: Callable[[pika.adapters.blocking_connection.BlockingChannel], object]):
+        """Run *action* on a channel of a short-lived admin connection."""
+        connection = pika.BlockingConnection(pika.URLParameters(self.admin_url))
+        try:
+            return action(connection.channel())
+        finally:
+            if connection.is_open:
+                connection.close()
+
+    def declare(self, *routing_keys: str) -> None:
+        """Declare the app's topic exchange and the counted queue, bound with *routing_keys*."""
+
+        def declare(channel: pika.adapters.blocking_connection.BlockingChannel) -> None:
+            channel.exchange_declare(EXCHANGE, "topic", durable=True)
+            channel.queue_declare(QUEUE, durable=True)
+            for key in routing_keys:
+                channel.queue_bind(QUEUE, EXCHANGE, key)
+
+        self.run(declare)
+
+    def bind(self, queue: str, routing_key: str) -> None:
+        self.run(lambda channel: channel.queue_bind(queue, EXCHANGE, routing_key))
+
+    def declare_full_queue(self, name: str, capacity: int) -> None:
+        """Bind a queue of *capacity* messages that rejects more, and fill it up."""
+
+        def declare(channel: pika.adapters.blocking_connection.BlockingChannel) -> None:
+            arguments = {"x-max-length": capacity, "x-overflow": "reject-publish"}
+            channel.queue_declare(name, durable=True, arguments=arguments)
+            channel.confirm_delivery()
+            for _ in range(capacity):
+                channel.basic_publish("", name, b"filler")
+            channel.queue_bind(name, EXCHANGE, "order.#")
+
+        self.run(declare)
+
+    def purge(self, queue: str) -> None:
+        self.run(lambda channel: channel.queue_purge(queue))
+
+    def close_all_connections(self) -> None:
+        rabbitmqctl("close_all_connections", "--vhost", self.vhost, "broker fault test")
+
+
+@pytest.fixture
+def broker(amqp_vhost_url: str, broker_user: str) -> Broker:
+    rabbitmqctl("set_permissions", "-p", unquote(urlsplit(amqp_vhost_url).path[1:]),
+                broker_user, ".*", ".*", ".*")  # fmt: skip
+    return Broker(amqp_vhost_url, broker_user)
+
+
+class Consumer:
+    """Counts the message ids delivered to a queue; reconnects whenever the broker drops it.
+
+    Messages are acknowledged after they are counted, so none is lost when the
+    connection drops; one the broker redelivers after that (``redelivered``)
+    is not counted again: only duplicates the publisher sent are.
+    """
+
+    def __init__(self, url: str, queue: str) -> None:
+        self.url = url
+        self.queue = queue
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def ids(self) -> set[str]:
+        with self._lock:
+            return set(self.counts)
+
+    def duplicates(self) -> dict[str, int]:
+        with self._lock:
+            return {message_id: n for message_id, n in self.counts.items() if n > 1}
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._consume()
+            except (pika.exceptions.AMQPError, OSError):
+                self._stopping.wait(0.1)  # the broker is down or restarting
+
+    def _consume(self) -> None:
+        connection = pika.BlockingConnection(pika.URLParameters(self.url))
+        try:
+            channel = connection.channel()
+            channel.basic_qos(prefetch_count=2000)
+            channel.basic_consume(self.queue, self._on_message)
+            while not self._stopping.is_set():
+                connection.process_data_events(time_limit=0.05)
+        finally:
+            if connection.is_open:
+                connection.close()
+
+    def _on_message(self, channel, method, properties, _body: bytes) -> None:  # type: ignore[no-untyped-def]
+        message_id = properties.message_id
+        with self._lock:
+            if not (method.redelivered and message_id in self.counts):
+                self.counts[message_id] += 1
+        channel.basic_ack(method.delivery_tag)
+
+
+@pytest.fixture
+def consumer(broker: Broker) -> Iterator[Consumer]:
+    broker.declare()  # the queue must exist before the consumer starts
+    consumer = Consumer(broker.admin_url, QUEUE)
+    yield consumer
+    consumer.stop()
+
+
+# ---------------------------------------------------------------------------------------
+# The sidecar
+
+
+class Sidecar:
+    """A ``flask --app refapp signalbus ...`` process whose output is collected as it comes."""
+
+    def __init__(self, database: Database, broker: Broker, *args: str) -> None:
+        env = {
+            **os.environ,
+            "DATABASE_URL": database.url,
+            "SIGNALBUS_RABBITMQ_URL": broker.app_url,
+            "SIGNALBUS_EXCHANGE": EXCHANGE,
+            "SIGNALBUS_RABBITMQ_TIMEOUT": "10",
+        }
+        self.process = subprocess.Popen(
+            [FLASK, "--app", "refapp", "signalbus", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for_output(self, text: str, timeout: float = 30.0) -> None:
+        wait_for(lambda: text in self.output, timeout, f"{text!r} in the output:\n{self.output}")
+
+    def failed_attempts(self) -> int:
+        return len(FAILED_ATTEMPT.findall(self.output))
+
+    def wait(self, timeout: float = 60.0) -> int:
+        status = self.process.wait(timeout)
+        self._reader.join(5)
+        return status
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self._reader.join(5)
+
+
+@pytest.fixture
+def start_sidecar(database: Database, broker: Broker) -> Iterator[Callable[..., Sidecar]]:
+    """Start ``flask signalbus <args>`` processes; kill them after the test."""
+    started: list[Sidecar] = []
+
+    def start(*args: str) -> Sidecar:
+        sidecar = Sidecar(database, broker, *args)
+        started.append(sidecar)
+        return sidecar
+
+    yield start
+    for sidecar in started:
+        sidecar.kill()
+
+
+@pytest.fixture
+def listener(start_sidecar: Callable[..., Sidecar]) -> Sidecar:
+    sidecar = start_sidecar("listen")
+    sidecar.wait_for_output("listening")
+    return sidecar
+
+
+# ---------------------------------------------------------------------------------------
+# Checks
+
+
+def wait_delivered(
+    consumer: Consumer, database: Database, ids: set[str], timeout: float = 60.0
+) -> None:
+    """Wait until every one of *ids* was delivered and no signal row is left."""
+
+    def done() -> bool:
+        return ids <= consumer.ids() and database.pending(PLACED) + database.pending(SHIPPED) == 0
+
+    wait_for(done, timeout, f"{len(ids - consumer.ids())} of {len(ids)} messages to arrive")
+
+
+def duplicated_bursts(duplicates: set[str]) -> int:
+    """Return how many bursts (runs of at most ``BURST`` consecutive ids) hold *duplicates*."""
+    bursts, end = 0, None
+    for table in (PLACED, SHIPPED):
+        prefix = f"{table}:"
+        numbers = sorted(int(i.removeprefix(prefix)) for i in duplicates if i.startswith(prefix))
+        for number in numbers:
+            if end is None or number > end:
+                bursts, end = bursts + 1, number + BURST - 1
+        end = None
+    return bursts
+
+
+def check_sent_once_or_failed(consumer: Consumer, sidecar: Sidecar, ids: set[str]) -> None:
+    """Every id arrived, nothing else did, and duplicates come from failed bursts only."""
+    assert consumer.ids() == ids
+    duplicates = set(consumer.duplicates())
+    assert duplicated_bursts(duplicates) <= sidecar.failed_attempts(), (
+        f"{len(duplicates)} messages arrived twice, not from a failed burst:\n{sidecar.output}"
+    )
+
+
+def check_log(sidecar: Sidecar, *texts: str) -> None:
+    output = sidecar.output
+    for text in texts:
+        assert text in output, f"{text!r} not in the output:\n{output}"
+    assert PASSWORD not in output
+    assert quote(PASSWORD, safe="") not in output
+
+
+# ---------------------------------------------------------------------------------------
+# Tests
+
+
+def test_connections_closed_by_the_broker_mid_drain(
+    database: Database, broker: Broker, consumer: Consumer, listener: Sidecar
+) -> None:
+    broker.declare("order.#")
+    ids = set(database.insert(PLACED, 50_000))
+    wait_for(lambda: len(consumer.ids()) >= BURST, 30, "the drain to start")
+
+    broker.close_all_connections()
+    assert database.pending() > 0, "the drain ended before the broker closed the connections"
+
+    wait_delivered(consumer, database, ids)
+    assert listener.process.poll() is None
+    assert "CONNECTION_FORCED" in listener.output, listener.output
+    check_sent_once_or_failed(consumer, listener, ids)
+    check_log(listener)
+
+
+def test_broker_stopped_and_started_while_rows_keep_coming(
+    database: Database, broker: Broker, consumer: Consumer, listener: Sidecar
+) -> None:
+    broker.declare("order.#")
+    ids = set(database.insert(PLACED, 10))
+    wait_delivered(consumer, database, ids)
+    try:
+        rabbitmqctl("stop_app")
+        ids.update(database.insert(PLACED, 10))
+        listener.wait_for_output("Sending OrderPlacedSignal signals failed")
+        ids.update(database.insert(PLACED, 10))
+        assert database.pending() >= 20  # the rows stay while the broker is down
+        ids.update(database.insert(SHIPPED, 5))
+        assert listener.process.poll() is None
+    finally:
+        rabbitmqctl("start_app")
+        rabbitmqctl("await_startup")
+    ids.update(database.insert(PLACED, 10))
+    wait_delivered(consumer, database, ids, timeout=90)
+    assert listener.process.poll() is None
+    check_sent_once_or_failed(consumer, listener, ids)
+    check_log(listener, "Sending OrderPlacedSignal signals failed")
+
+
+def test_unroutable_messages_stay_until_a_queue_is_bound(
+    database: Database, broker: Broker, consumer: Consumer, listener: Sidecar
+) -> None:
+    broker.declare("order.shipped")
+    placed = set(database.insert(PLACED, 10))
+    listener.wait_for_output("Sending OrderPlacedSignal signals failed")
+    shipped = set(database.insert(SHIPPED, 5))
+    wait_for(lambda: shipped <= consumer.ids(), 30, "the other signal to be sent")
+    assert database.pending(PLACED) == 10
+
+    broker.bind(QUEUE, "order.placed")
+    wait_delivered(consumer, database, placed | shipped)
+    assert listener.process.poll() is None
+    check_sent_once_or_failed(consumer, listener, placed | shipped)
+    check_log(listener, "MessageReturned", "NO_ROUTE")
+
+
+def test_nacked_messages_stay_until_the_full_queue_is_purged(
+    database: Database, broker: Broker, consumer: Consumer, listener: Sidecar
+) -> None:
+    broker.declare("order.#")
+    broker.declare_full_queue("full", capacity=100)
+    ids = set(database.insert(PLACED, 50))
+    listener.wait_for_output("MessageNacked")
+    assert database.pending() == 50
+
+    broker.purge("full")
+    wait_delivered(consumer, database, ids)
+    assert listener.process.poll() is None
+    check_sent_once_or_failed(consumer, listener, ids)
+    check_log(listener, "Sending OrderPlacedSignal signals failed")
+
+
+def test_flushmany_keeps_nacked_rows_and_exits_with_status_1(
+    database: Database,
+    broker: Broker,
+    consumer: Consumer,
+    start_sidecar: Callable[..., Sidecar],
+) -> None:
+    broker.declare("order.#")
+    broker.declare_full_queue("full", capacity=100)
+    ids = set(database.insert(PLACED, 50))
+
+    failing = start_sidecar("flushmany")
+    assert failing.wait() == 1
+    check_log(failing, "Sending OrderPlacedSignal signals failed", "MessageNacked")
+    assert database.pending() == 50
+
+    broker.purge("full")
+    succeeding = start_sidecar("flushmany")
+    assert succeeding.wait() == 0, succeeding.output
+    wait_delivered(consumer, database, ids)
+    check_sent_once_or_failed(consumer, failing, ids)
+    check_log(succeeding, "Sent 50 signals")
