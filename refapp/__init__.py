@@ -30,6 +30,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import Flask
+from flask.cli import NoAppException
 from flask_migrate import Migrate
 
 from .models import db
@@ -57,7 +58,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(config_from_env(os.environ))
     app.config.update(config or {})
     if not app.config.get("SQLALCHEMY_DATABASE_URI"):
-        raise RuntimeError("Set DATABASE_URL, e.g. postgresql://postgres@127.0.0.1/shop")
+        raise NoAppException("Set DATABASE_URL, e.g. postgresql://postgres@127.0.0.1/shop")
     db.init_app(app)
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIRECTORY))
     init_publisher(app)
@@ -69,10 +70,20 @@ def config_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     """Return the app config given by the environment variables *environ*."""
     config: dict[str, Any] = {key: environ[key] for key in _ENV_KEYS if environ.get(key)}
     if "SIGNALBUS_BURST_COUNT" in config:
-        config["SIGNALBUS_BURST_COUNT"] = int(config["SIGNALBUS_BURST_COUNT"])
+        config["SIGNALBUS_BURST_COUNT"] = _positive_int("SIGNALBUS_BURST_COUNT", config)
     if environ.get("DATABASE_URL"):
         config["SQLALCHEMY_DATABASE_URI"] = database_uri(environ["DATABASE_URL"])
     return config
+
+
+def _positive_int(key: str, config: Mapping[str, str]) -> int:
+    try:
+        value = int(config[key])
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise NoAppException(f"{key} must be a positive integer, not {config[key]!r}")
+    return value
 
 
 def database_uri(url: str) -> str:

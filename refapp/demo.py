@@ -40,13 +40,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from signalbus.bus import table_name
-from signalbus.listener import APPLICATION_NAME, Listener
+from signalbus.listener import Listener
 from signalbus.rabbitmq import CONFIG_URL_KEY, Message, redact_url
 
 from . import create_app, database_uri
 from .models import SignalMixin, db
-from .publishing import _EXTENSION as PUBLISHER_EXTENSION
-from .publishing import DEFAULT_EXCHANGE, EXCHANGE_KEY
+from .publishing import DEFAULT_EXCHANGE, EXCHANGE_KEY, PUBLISHER_KEY
 
 __all__ = ["Tracker", "describe_broker", "describe_database", "main"]
 
@@ -288,8 +287,8 @@ def watch(app: Flask, tracker: Tracker) -> None:
     with app.app_context():
         sa.event.listen(db.engine, "commit", on_commit)
         sa.event.listen(db.engine, "rollback", on_rollback)
-    inner = app.extensions.get(PUBLISHER_EXTENSION)
-    app.extensions[PUBLISHER_EXTENSION] = ReportingPublisher(inner, tracker)
+    inner = app.extensions.get(PUBLISHER_KEY)
+    app.extensions[PUBLISHER_KEY] = ReportingPublisher(inner, tracker)
 
 
 def message_id(obj: Any) -> str:
@@ -304,7 +303,6 @@ def start_listener(stack: ExitStack, app: Flask) -> None:
     """Run the listener of ``flask signalbus listen`` in a thread until *stack* closes."""
     started = time.perf_counter()
     with app.app_context():
-        since = _server_now()
         config = app.config
         listener = Listener(
             db.signalbus,
@@ -316,8 +314,7 @@ def start_listener(stack: ExitStack, app: Flask) -> None:
     thread = threading.Thread(target=listener.run, name="signalbus-listener", daemon=True)
     thread.start()
     stack.callback(_stop_listener, listener, thread)
-    with app.app_context():
-        ready = _await(lambda: _listening_since(since), timeout=10)
+    ready = listener.ready.wait(timeout=10)
     state = "listening" if ready else "not listening yet, the catch-up will find the rows"
     channel = app.config["SIGNALBUS_CHANNEL"]
     say(f"listener: {state} on channel {channel!r} ({time.perf_counter() - started:.2f} s)")
@@ -326,31 +323,6 @@ def start_listener(stack: ExitStack, app: Flask) -> None:
 def _stop_listener(listener: Listener, thread: threading.Thread) -> None:
     listener.stop()
     thread.join()
-
-
-def _server_now() -> Any:
-    with db.engine.connect() as connection:
-        return connection.execute(sa.text("SELECT now()")).scalar_one()
-
-
-def _listening_since(since: Any) -> bool:
-    """Whether a listener connection opened after *since* has run its ``LISTEN``."""
-    query = sa.text(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-        " AND application_name = :name AND backend_start >= :since AND query ILIKE 'LISTEN%'"
-    )
-    with db.engine.connect() as connection:
-        params = {"name": APPLICATION_NAME, "since": since}
-        return connection.execute(query, params).scalar_one() > 0
-
-
-def _await(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 # --- the broker ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from signalbus.rabbitmq import CONFIG_URL_KEY, Message, MessageProperties, publi
 __all__ = [
     "DEFAULT_EXCHANGE",
     "EXCHANGE_KEY",
+    "PUBLISHER_KEY",
     "build_message",
     "build_messages",
     "init_publisher",
@@ -29,7 +30,8 @@ __all__ = [
 EXCHANGE_KEY = "SIGNALBUS_EXCHANGE"
 DEFAULT_EXCHANGE = "signalbus"
 
-_EXTENSION = "refapp.publisher"
+#: Key of the app's :class:`~signalbus.rabbitmq.Publisher` in ``app.extensions``.
+PUBLISHER_KEY = "refapp.publisher"
 
 #: Compact JSON, with one encoder for all messages (``json.dumps`` with
 #: ``separators`` builds a new encoder on every call).
@@ -39,7 +41,7 @@ _encode_json = json.JSONEncoder(separators=(",", ":")).encode
 def init_publisher(app: Flask) -> None:
     """Create the app's publisher when a broker URL is configured."""
     if app.config.get(CONFIG_URL_KEY):
-        app.extensions[_EXTENSION] = publisher_from_config(app.config)
+        app.extensions[PUBLISHER_KEY] = publisher_from_config(app.config)
 
 
 def publish(model: type, rows: Sequence[Any]) -> None:
@@ -49,7 +51,7 @@ def publish(model: type, rows: Sequence[Any]) -> None:
     every message. Without a broker URL the messages are printed instead.
     """
     messages = build_messages(model, rows)
-    publisher = current_app.extensions.get(_EXTENSION)
+    publisher = current_app.extensions.get(PUBLISHER_KEY)
     if publisher is None:
         for message in messages:
             click.echo(f"{message.routing_key} {message.body.decode()}")

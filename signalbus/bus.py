@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONFIG: dict[str, Any] = {
     "SIGNALBUS_CHANNEL": "signalbus",
     "SIGNALBUS_RABBITMQ_URL": None,
+    "SIGNALBUS_RABBITMQ_TIMEOUT": 30.0,
     "SIGNALBUS_SWEEP_INTERVAL": 60.0,
     "SIGNALBUS_PROBE_INTERVAL": 60.0,
 }
@@ -75,11 +76,11 @@ class SignalBus:
         flusher = self._flushers.get(model)
         if flusher is None:
             flusher = self._flushers[model] = ModelFlusher(model)
-        return flusher.flush(self._engine(model), stop)
+        return flusher.flush(self.engine_for(model), stop)
 
     def pending_count(self, model: type) -> int:
         """Return how many rows of signal model *model* wait to be sent."""
-        with self._engine(model).connect() as connection:
+        with self.engine_for(model).connect() as connection:
             query = sa.select(sa.func.count()).select_from(model.__table__)
             return connection.execute(query).scalar_one()
 
@@ -91,7 +92,8 @@ class SignalBus:
                 raise RuntimeError(f"{model!r} is not a signal model")
         return selected
 
-    def _engine(self, model: type) -> Engine:
+    def engine_for(self, model: type) -> Engine:
+        """Return the engine of *model*'s bind (needs an app context)."""
         return self.db.engines[model.__table__.metadata.info.get("bind_key")]
 
 

@@ -5,22 +5,37 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import click
 from flask import current_app
 from flask.cli import with_appcontext
+from sqlalchemy.exc import DBAPIError
 
 from .bus import SignalBus
+from .errors import one_line
 from .flush import get_burst_count
 
 logger = logging.getLogger(__name__)
 
 
-@click.group("signalbus")
+class SignalBusGroup(click.Group):
+    """A command group that reports database errors on one line, without a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DBAPIError as error:
+            raise click.ClickException(f"Database error: {one_line(error)}") from None
+
+
+@click.group("signalbus", cls=SignalBusGroup)
 def signalbus_cli() -> None:
     """Send the signals recorded in the database over the message bus."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        # pika narrates every connection attempt at INFO; the publisher logs what matters.
+        logging.getLogger("pika").setLevel(logging.WARNING)
 
 
 def get_signalbus() -> SignalBus:
@@ -56,6 +71,9 @@ def flush_each(signalbus: SignalBus, models: Sequence[type]) -> tuple[int, list[
     for model in models:
         try:
             sent += signalbus.flush_model(model)
+        except DBAPIError as error:
+            logger.error("Sending %s signals failed: %s", model.__name__, one_line(error))
+            failed.append(model)
         except Exception:
             logger.exception("Sending %s signals failed; its rows are kept.", model.__name__)
             failed.append(model)
@@ -152,8 +170,6 @@ def triggers_command(install: bool) -> None:
     Exits with status 1 when a trigger is missing (or on another channel than
     SIGNALBUS_CHANNEL), unless --install created it.
     """
-    import sqlalchemy as sa
-
     from .triggers import check_signal_triggers
 
     signalbus = get_signalbus()
@@ -164,9 +180,6 @@ def triggers_command(install: bool) -> None:
         )
     except ValueError as error:
         raise click.ClickException(str(error)) from None
-    except sa.exc.DBAPIError as error:
-        reason = str(error.orig).strip().splitlines()[0]
-        raise click.ClickException(f"Database error: {reason}") from None
     for status in statuses:
         click.echo(f"{status.table} ({status.model.__name__}): {status.describe()}")
     if not all(status.ok for status in statuses):

@@ -50,6 +50,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import DBAPIError
 
 from .bus import SignalBus
+from .errors import one_line
 
 __all__ = ["APPLICATION_NAME", "Backoff", "Listener", "listen_conninfo"]
 
@@ -145,11 +146,13 @@ class Listener:
             raise ValueError("A listener needs at least one signal model to serve.")
         self.channel = channel
         self.probe_interval = probe_interval
+        #: Set once every database's connection has run its first ``LISTEN``.
+        self.ready = threading.Event()
         self._stopping = threading.Event()
         self._wake_pipe = _WakePipe()
         self._stop_reason = ""
         self._tables = signalbus.get_signal_tables()
-        engines = {model: signalbus._engine(model) for model in served}
+        engines = {model: signalbus.engine_for(model) for model in served}
         self._redact = _redactor(engine.url.password for engine in engines.values())
         self._flushers = {
             model: _Flusher(
@@ -220,7 +223,7 @@ class Listener:
             logger.warning(
                 "Cannot listen on %s (%s); retrying in %.1f s.",
                 subscription.description,
-                self._redact(_one_line(error)),
+                self._redact(one_line(error)),
                 delay,
             )
             return
@@ -237,6 +240,8 @@ class Listener:
             subscription.engine.dispose()
         for model in subscription.models:
             self._flushers[model].request(catch_up=True)
+        if all(s.connection is not None for s in self._subscriptions):
+            self.ready.set()
         self._receive(subscription)
 
     def _receive(self, subscription: _Subscription) -> None:
@@ -253,7 +258,7 @@ class Listener:
         logger.warning(
             "Lost the LISTEN connection to %s (%s); reconnecting in %.1f s.",
             subscription.description,
-            self._redact(_one_line(error)),
+            self._redact(one_line(error)),
             delay,
         )
 
@@ -519,7 +524,7 @@ class _Flusher:
         if self._backoff.attempts == 1 and not isinstance(error, DBAPIError):
             details = ":\n" + "".join(traceback.format_exception(error)).rstrip()
         else:
-            details = f": {_one_line(error)}"
+            details = f": {one_line(error)}"
         logger.error(
             "Sending %s signals failed; its rows are kept, retrying in %.1f s%s",
             self.model.__name__,
@@ -551,13 +556,6 @@ def _redactor(passwords: Iterable[str | None]) -> Callable[[str], str]:
 
 def _is_connection_error(error: DBAPIError) -> bool:
     return error.connection_invalidated or isinstance(error.orig, psycopg.OperationalError)
-
-
-def _one_line(error: BaseException) -> str:
-    """Describe *error* on one line; for a database error, the driver's message only."""
-    if isinstance(error, DBAPIError) and error.orig is not None:
-        error = error.orig
-    return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
 def _shorten(payload: str) -> str:

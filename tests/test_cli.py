@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import sqlalchemy as sa
 from click.testing import Result
@@ -138,3 +140,34 @@ def test_repeat_flushes_until_interrupted(
     assert result.exit_code == 0
     assert rounds == 2
     assert len(recorder.sent) == 154
+
+
+@pytest.fixture
+def unreachable_app() -> Iterator[Flask]:
+    """An app whose database does not answer (nothing listens on port 1)."""
+    app = Flask(__name__)
+    app.config["SQLALCHEMY_DATABASE_URI"] = "postgresql+psycopg://u:s3cret@127.0.0.1:1/x"
+    db.init_app(app)
+    yield app
+    with app.app_context():
+        for engine in db.engines.values():
+            engine.dispose()
+
+
+def test_database_error_is_one_line_without_password(unreachable_app: Flask) -> None:
+    result = unreachable_app.test_cli_runner().invoke(args=["signalbus", "pending"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: Database error: OperationalError:")
+    assert len(result.output.strip().splitlines()) == 1
+    assert "s3cret" not in result.output
+
+
+def test_flushmany_without_database_logs_each_signal_and_exits_1(
+    unreachable_app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
+    result = unreachable_app.test_cli_runner().invoke(args=["signalbus", "flushmany"])
+    assert result.exit_code == 1
+    failures = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert len(failures) == 3 and all(r.exc_info is None for r in failures)
+    assert "Sending BatchSignal signals failed: OperationalError" in caplog.text
+    assert "s3cret" not in caplog.text

@@ -20,8 +20,12 @@ from flask import Flask
 from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import make_url
 
+from signalbus.listener import Listener
+from signalbus.triggers import install_trigger
 from tests import listener_app
 from tests.listener_app import db
+from tests.models import SingleSignal, recorder
+from tests.models import db as models_db
 
 ROOT = Path(__file__).resolve().parent.parent
 FLASK = str(Path(sys.executable).with_name("flask"))
@@ -467,3 +471,24 @@ def test_survives_a_database_outage(spawn, database: Database, database_url: str
     database.insert("tick", 11)
     wait_until(lambda: len(database.sent()) == 11, timeout=2, what="a row after the outage")
     assert PASSWORD not in listener.output
+
+
+def test_listener_in_a_thread_is_ready_sends_and_stops(app: Flask) -> None:
+    """The Listener class on its own: ``ready`` once listening, ``stop()`` from any thread."""
+    with app.app_context():
+        with models_db.engine.begin() as connection:
+            install_trigger(connection, "single_signal")
+        listener = Listener(models_db.signalbus, [SingleSignal], sweep_interval=3600)
+    thread = threading.Thread(target=listener.run)
+    thread.start()
+    try:
+        assert listener.ready.wait(10)
+        with app.app_context():
+            models_db.session.add(SingleSignal(text="hi"))
+            models_db.session.commit()
+        wait_until(lambda: len(recorder.sent) == 1, what="the row to be sent")
+    finally:
+        listener.stop()
+        thread.join(5)
+    assert not thread.is_alive()
+    assert recorder.sent[0].text == "hi"

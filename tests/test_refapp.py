@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from flask import Flask
+from flask.cli import NoAppException
 from flask.testing import FlaskClient
 
 from refapp import config_from_env, create_app
@@ -159,7 +160,7 @@ def test_config_from_env() -> None:
 
 def test_create_app_needs_a_database(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DATABASE_URL", raising=False)
-    with pytest.raises(RuntimeError, match="DATABASE_URL"):
+    with pytest.raises(NoAppException, match="DATABASE_URL"):
         create_app()
 
 
@@ -170,3 +171,8 @@ def test_triggers_command_hides_database_password(monkeypatch: pytest.MonkeyPatc
     assert result.exit_code == 1
     assert result.output.startswith("Error: Database error:")
     assert "s3cret" not in result.output and "Traceback" not in result.output
+
+
+def test_bad_burst_count_in_the_environment_is_a_clear_error() -> None:
+    with pytest.raises(NoAppException, match="SIGNALBUS_BURST_COUNT must be a positive integer"):
+        config_from_env({"SIGNALBUS_BURST_COUNT": "lots"})
