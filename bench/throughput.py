@@ -94,7 +94,7 @@ def make_refapp_messages(app: Flask, count: int) -> list[Message]:
 
     created_at = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
     rows = [
-        SimpleNamespace(id=number, payload=json.loads(order_body(number)), created_at=created_at)
+        SimpleNamespace(id=number, payload=order_body(number).decode(), created_at=created_at)
         for number in range(1, count + 1)
     ]
     with app.app_context():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import sqlalchemy as sa
 from flask import current_app, has_app_context
@@ -66,18 +68,24 @@ class Order(db.Model):
 class SignalMixin:
     """The columns and the sending of the app's signal models.
 
-    Each row is one message: its JSON ``payload`` is published with the
-    model's ``routing_key`` (see :func:`refapp.publishing.publish`).
+    Each row is one message: its ``payload`` is the message body, JSON text
+    encoded once when the signal is recorded (:meth:`about`), published with
+    the model's ``routing_key`` (see :func:`refapp.publishing.publish`).
     """
 
     routing_key: ClassVar[str]
     signalbus_burst_count = ConfigValue("SIGNALBUS_BURST_COUNT", 1000)
 
     id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
-    payload: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    payload: Mapped[str] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), server_default=sa.func.now()
     )
+
+    @classmethod
+    def about(cls, data: Mapping[str, Any]) -> Self:
+        """Return a signal whose message body is *data* as compact JSON."""
+        return cls(payload=json.dumps(data, separators=(",", ":")))
 
     @classmethod
     def send_signalbus_message(cls, row: Any) -> None:

@@ -21,7 +21,7 @@ def place_order(customer: str, total_cents: int) -> dict[str, Any]:
     db.session.add(order)
     db.session.flush()
     data = order.to_dict()
-    db.session.add(OrderPlacedSignal(payload=data))
+    db.session.add(OrderPlacedSignal.about(data))
     return data
 
 
@@ -39,5 +39,5 @@ def ship_order(order_id: int) -> dict[str, Any] | None:
         raise OrderAlreadyShipped(order_id)
     order.shipped_at = datetime.now(UTC)
     data = order.to_dict()
-    db.session.add(OrderShippedSignal(payload={"id": order.id, "shipped_at": data["shipped_at"]}))
+    db.session.add(OrderShippedSignal.about({"id": order.id, "shipped_at": data["shipped_at"]}))
     return data

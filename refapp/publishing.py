@@ -6,7 +6,6 @@ output instead, so that the app runs without a broker.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,10 +31,6 @@ DEFAULT_EXCHANGE = "signalbus"
 
 #: Key of the app's :class:`~signalbus.rabbitmq.Publisher` in ``app.extensions``.
 PUBLISHER_KEY = "refapp.publisher"
-
-#: Compact JSON, with one encoder for all messages (``json.dumps`` with
-#: ``separators`` builds a new encoder on every call).
-_encode_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def init_publisher(app: Flask) -> None:
@@ -68,7 +63,7 @@ def build_message(model: Any, row: Any) -> Message:
 def build_messages(model: Any, rows: Sequence[Any]) -> list[Message]:
     """Return the messages of signal rows of *model*, one per row, in order.
 
-    The body is the row's JSON ``payload``; the routing key the model's
+    The body is the row's ``payload`` (JSON text); the routing key the model's
     ``routing_key``; the message id, stable across redeliveries,
     ``"<table>:<primary key>"``. What all rows share is looked up once.
     """
@@ -77,7 +72,7 @@ def build_messages(model: Any, rows: Sequence[Any]) -> list[Message]:
     prefix = f"{table_name(model.__table__)}:"
     return [
         Message(
-            body=_encode_json(row.payload).encode(),
+            body=row.payload.encode(),
             exchange=exchange,
             routing_key=routing_key,
             properties=MessageProperties(
