@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,6 +11,8 @@ from typing import Any, TypeVar
 from sqlalchemy import inspect
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
+
+from .backoff import Backoff
 
 __all__ = [
     "AtomicProceduresMixin",
@@ -44,13 +45,6 @@ def is_retryable_error(error: BaseException) -> bool:
     return getattr(error, "sqlstate", None) in RETRYABLE_SQLSTATES
 
 
-def backoff_delays(retries: int, min_wait: float, max_wait: float) -> Iterator[float]:
-    """Yield *retries* jittered, exponentially growing delays, each at most *max_wait*."""
-    for attempt in range(retries):
-        ceiling = min(max_wait, min_wait * 2**attempt)
-        yield random.uniform(ceiling / 2, ceiling)
-
-
 def retry_on_deadlock(
     session: Session | None = None,
     retries: int = 6,
@@ -67,17 +61,16 @@ def retry_on_deadlock(
     def decorator(func: Callable[..., T]) -> Callable[..., T]:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> T:
-            delays = backoff_delays(retries, min_wait, max_wait)
+            backoff = Backoff(min_wait, max_wait)
             while True:
                 try:
                     return func(*args, **kwargs)
                 except Exception as error:
-                    delay = next(delays, None)
-                    if delay is None or not is_retryable_error(error):
+                    if backoff.attempts >= retries or not is_retryable_error(error):
                         raise
                     if session is not None:
                         session.rollback()
-                    time.sleep(delay)
+                    time.sleep(backoff.next())
 
         return wrapper
 

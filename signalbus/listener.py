@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import select
 import signal
 import threading
@@ -49,10 +48,11 @@ from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import DBAPIError
 
+from .backoff import Backoff
 from .bus import SignalBus
 from .errors import one_line
 
-__all__ = ["APPLICATION_NAME", "Backoff", "Listener", "listen_conninfo"]
+__all__ = ["APPLICATION_NAME", "Listener", "listen_conninfo"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,29 +81,6 @@ PROBE_TIMEOUT = 10.0
 SHUTDOWN_GRACE = 1.5
 
 _LOGGED_PAYLOAD_CHARS = 64
-
-
-class Backoff:
-    """Capped exponential delays with jitter: about *min_wait*, doubling, at most *max_wait*.
-
-    Each delay is drawn uniformly from ``[ceiling / 2, ceiling]``, where the
-    ceiling doubles on every :meth:`next` call until it reaches *max_wait*.
-    """
-
-    def __init__(self, min_wait: float, max_wait: float) -> None:
-        self.min_wait = min_wait
-        self.max_wait = max_wait
-        self.attempts = 0
-
-    def next(self) -> float:
-        """Return the next delay in seconds."""
-        ceiling = min(self.max_wait, self.min_wait * 2 ** min(self.attempts, 32))
-        self.attempts += 1
-        return random.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        """Start again from *min_wait*."""
-        self.attempts = 0
 
 
 def listen_conninfo(url: URL) -> str:
