@@ -44,12 +44,12 @@ from typing import Any
 
 import psycopg
 from psycopg import pq, sql
-from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import DBAPIError
 
 from .backoff import Backoff
 from .bus import SignalBus
+from .conninfo import TCP_OPTIONS, libpq_conninfo
 from .errors import one_line
 
 __all__ = ["APPLICATION_NAME", "Listener", "listen_conninfo"]
@@ -59,16 +59,11 @@ logger = logging.getLogger(__name__)
 #: ``application_name`` of the LISTEN connections (as seen in ``pg_stat_activity``).
 APPLICATION_NAME = "signalbus-listener"
 
-#: libpq options of the LISTEN connections: a dead peer is noticed within about
-#: 30 s even when nothing is sent (keepalives) or a sent probe is never acknowledged.
+#: libpq options of the LISTEN connections.
 CONNECTION_OPTIONS: dict[str, Any] = {
     "application_name": APPLICATION_NAME,
     "connect_timeout": 5,
-    "keepalives": 1,
-    "keepalives_idle": 15,
-    "keepalives_interval": 5,
-    "keepalives_count": 3,
-    "tcp_user_timeout": 15_000,
+    **TCP_OPTIONS,
 }
 
 #: Seconds a LISTEN connection may stay silent before it is probed with ``SELECT 1``.
@@ -84,13 +79,8 @@ _LOGGED_PAYLOAD_CHARS = 64
 
 
 def listen_conninfo(url: URL) -> str:
-    """Return the libpq conninfo of a LISTEN connection to the database of *url*.
-
-    *url* is a SQLAlchemy URL such as ``postgresql+psycopg://user@host/db``;
-    its query parameters are libpq parameters, as for the psycopg dialect.
-    """
-    libpq_url = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    return make_conninfo(libpq_url, **CONNECTION_OPTIONS)
+    """Return the libpq conninfo of a LISTEN connection to the database of *url*."""
+    return libpq_conninfo(url, **CONNECTION_OPTIONS)
 
 
 class Listener:
