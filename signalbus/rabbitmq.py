@@ -156,6 +156,12 @@ class Message:
     properties: MessageProperties = field(default_factory=MessageProperties)
     mandatory: bool = True
 
+    def __post_init__(self) -> None:
+        # A returned message is matched to its burst by its body, as the broker sends
+        # it back: bytes. A str body would never match, and its return go unnoticed.
+        if not isinstance(self.body, bytes):
+            raise TypeError(f"Message.body must be bytes, not {type(self.body).__name__}")
+
 
 # ---------------------------------------------------------------------------------------
 # Errors
@@ -552,10 +558,13 @@ class _Link:
         )
 
     def _raise_rejections(self) -> None:
-        if not (self._nacked or self._returned):
+        if not (self._nacked or self._replies):
             return
-        failed_tags = sorted(set(self._nacked) | set(self._returned))
-        failed = [self._messages[tag - self._first_tag] for tag in failed_tags]
+        if len(self._returned) < len(self._replies):
+            failed = list(self._messages)  # a return matched no message: fail them all
+        else:
+            failed_tags = sorted(set(self._nacked) | set(self._returned))
+            failed = [self._messages[tag - self._first_tag] for tag in failed_tags]
         if self._nacked:
             raise MessageNacked(
                 f"RabbitMQ at {self._name} rejected (nacked) "
@@ -564,7 +573,7 @@ class _Link:
             )
         replies = ", ".join(f"{code} {text}" for code, text in self._replies[:3])
         raise MessageReturned(
-            f"RabbitMQ at {self._name} returned {len(self._returned)} of "
+            f"RabbitMQ at {self._name} returned {len(self._replies)} of "
             f"{len(self._messages)} messages as unroutable: {replies}",
             failed,
             self._replies,

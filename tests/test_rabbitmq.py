@@ -184,6 +184,23 @@ def test_unroutable_mandatory_message_is_returned(
     assert [body for _, body in drain(amqp_channel, amqp_queue, 1)] == [b"after"]
 
 
+def test_return_matching_no_message_fails_the_whole_burst(
+    publisher: Publisher, amqp_queue: str
+) -> None:
+    nowhere = f"signalbus-missing-{uuid.uuid4().hex}"
+    messages = [Message(b"kept", routing_key=amqp_queue), Message(b"lost", routing_key=nowhere)]
+    # A body the broker sends back differently (pika would publish a str as UTF-8).
+    object.__setattr__(messages[1], "body", "lost")
+    with pytest.raises(MessageReturned) as caught:
+        publisher.publish_messages(messages)
+    assert caught.value.failed == tuple(messages)
+
+
+def test_message_body_must_be_bytes() -> None:
+    with pytest.raises(TypeError, match="must be bytes, not str"):
+        Message("text")  # type: ignore[arg-type]
+
+
 def test_unroutable_optional_message_is_dropped(publisher: Publisher) -> None:
     nowhere = f"signalbus-missing-{uuid.uuid4().hex}"
     publisher.publish_messages([Message(b"dropped", routing_key=nowhere, mandatory=False)])
