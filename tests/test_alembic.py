@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -190,6 +191,22 @@ def test_refapp_migrations(database_url: str, engine: Engine, tmp_path: Path) ->
     ok(flask(database_url, tmp_path, "db", "downgrade", "base"))
     assert table_names(engine) == {"alembic_version"}
     assert channels(engine) == {} and not function_exists(engine)
+
+
+def test_payloads_of_a_database_at_the_first_revision_survive_the_upgrade(
+    database_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    ok(flask(database_url, tmp_path, "db", "upgrade", "b379b5b052d7"))
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text("INSERT INTO order_placed_signal (payload) VALUES (:p)"),
+            {"p": '{"id": 1}'},
+        )
+    ok(flask(database_url, tmp_path, "db", "upgrade"))
+    with engine.connect() as connection:
+        payload = connection.execute(sa.text("SELECT payload FROM order_placed_signal"))
+        assert json.loads(payload.scalar_one()) == {"id": 1}
+    assert "No new upgrade operations detected" in ok(flask(database_url, tmp_path, "db", "check"))
 
 
 def test_refapp_migrations_offline(database_url: str, tmp_path: Path) -> None:
