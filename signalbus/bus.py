@@ -11,11 +11,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from .atomic import _check_mixin_order
+from .conninfo import TCP_OPTIONS
 from .flush import ModelFlusher
 
 __all__ = ["SignalBus", "SignalBusMixin", "get_models_to_flush"]
 
 logger = logging.getLogger(__name__)
+
+#: SQLAlchemy drivers built on libpq, which take :data:`~signalbus.conninfo.TCP_OPTIONS`.
+LIBPQ_DRIVERS = frozenset({"psycopg", "psycopg2"})
 
 #: Default app config of the extension; every key has the ``SIGNALBUS_`` prefix.
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -153,6 +157,13 @@ class SignalBusMixin:
             )
         self.signalbus = SignalBus(self)
         super().__init__(app, **kwargs)
+
+    def _apply_driver_defaults(self, options: dict[str, Any], app: Any) -> None:
+        # A flush stuck on a dead connection would stall its model for hours with
+        # libpq's defaults; TCP_OPTIONS give up within about 30 s.
+        if sa.make_url(options["url"]).get_driver_name() in LIBPQ_DRIVERS:
+            options["connect_args"] = {**TCP_OPTIONS, **options.get("connect_args", {})}
+        super()._apply_driver_defaults(options, app)  # type: ignore[misc]
 
     def init_app(self, app: Any, *args: Any, **kwargs: Any) -> None:
         """Initialise *app* for SQLAlchemy, then register the signal bus on it."""

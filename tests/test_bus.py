@@ -227,3 +227,22 @@ def test_stop_ends_the_flush_between_bursts() -> None:
     assert row_count(BatchSignal) == 150
     assert db.signalbus.flush_model(BatchSignal, stop=lambda: True) == 0
     assert db.signalbus.flush_model(BatchSignal) == 150
+
+
+def test_engines_give_up_on_a_dead_peer() -> None:
+    driver_connection = db.session.connection().connection.driver_connection
+    parameters = driver_connection.info.get_parameters()
+    assert parameters["keepalives_idle"] == "15"
+    assert parameters["tcp_user_timeout"] == "15000"
+
+
+def test_engine_connect_args_win_over_the_tcp_defaults(database_url: str) -> None:
+    app = Flask(__name__)
+    app.config["SQLALCHEMY_DATABASE_URI"] = database_url
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"connect_args": {"keepalives_idle": 99}}
+    db.init_app(app)
+    with app.app_context(), db.engine.connect() as connection:
+        parameters = connection.connection.driver_connection.info.get_parameters()
+        db.engine.dispose()
+    assert parameters["keepalives_idle"] == "99"
+    assert parameters["keepalives_count"] == "3"
