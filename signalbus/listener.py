@@ -118,6 +118,7 @@ class Listener:
         self._stopping = threading.Event()
         self._wake_pipe = _WakePipe()
         self._stop_reason = ""
+        self._connecting = False
         self._tables = signalbus.get_signal_tables()
         engines = {model: signalbus.engine_for(model) for model in served}
         self._redact = _redactor(engine.url.password for engine in engines.values())
@@ -152,8 +153,11 @@ class Listener:
 
     def _loop(self) -> None:
         while not (self._stopping.is_set() or self._stop_reason):
-            for subscription in self._subscriptions:
-                self._tend(subscription)
+            try:
+                for subscription in self._subscriptions:
+                    self._tend(subscription)
+            except _Interrupted:
+                break
             listening = [s for s in self._subscriptions if s.connection is not None]
             timeout = min(s.next_deadline(self.probe_interval) for s in self._subscriptions)
             readable, _, _ = select.select(
@@ -183,6 +187,7 @@ class Listener:
                 self._receive(subscription)
 
     def _connect(self, subscription: _Subscription) -> None:
+        self._connecting = True
         try:
             subscription.connect()
         except psycopg.Error as error:
@@ -194,6 +199,8 @@ class Listener:
                 delay,
             )
             return
+        finally:
+            self._connecting = False
         if subscription.connections == 1:
             logger.info(
                 "Now listening on channel %r of %s for %s.",
@@ -254,6 +261,8 @@ class Listener:
         def handle(signum: int, frame: Any) -> None:
             self._stop_reason = signal.Signals(signum).name
             self._wake_pipe.wake()
+            if self._connecting:  # connecting to a silent server may take connect_timeout
+                raise _Interrupted
 
         previous = {signum: signal.signal(signum, handle) for signum in _STOP_SIGNALS}
 
@@ -278,6 +287,10 @@ class Listener:
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class _Interrupted(BaseException):
+    """A stop signal arrived while the main thread was connecting."""
 
 
 class _WakePipe:
