@@ -6,6 +6,7 @@ through :class:`ModelFlusher`.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -153,7 +154,10 @@ class ModelFlusher:
         try:
             send_rows(self.model, burst.rows)
         except BaseException:
-            burst.rollback()
+            # The send's error is the one to report: a rollback on a dead connection
+            # fails too, and the server rolls the burst back when the connection goes.
+            with contextlib.suppress(Exception):
+                burst.rollback()
             if upcoming is not None:
                 _roll_back_when_done(upcoming)
             raise
@@ -175,4 +179,5 @@ def _roll_back_when_done(upcoming: Future[Burst]) -> None:
         burst = upcoming.result()
     except Exception:
         return  # its own transaction was rolled back in _fetch
-    burst.rollback()
+    with contextlib.suppress(Exception):
+        burst.rollback()

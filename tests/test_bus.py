@@ -5,12 +5,14 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
 from signalbus import SignalBus, SignalBusMixin, get_models_to_flush
+from signalbus.conninfo import libpq_conninfo
 from tests.models import BatchSignal, CompositeSignal, Item, SingleSignal, db, recorder
 
 pytestmark = pytest.mark.usefixtures("app_context")
@@ -22,7 +24,9 @@ def insert_rows(model: type, count: int, **columns: Any) -> None:
 
 
 def row_count(model: type) -> int:
-    return db.session.scalar(sa.select(sa.func.count()).select_from(model))
+    count = db.session.scalar(sa.select(sa.func.count()).select_from(model))
+    db.session.rollback()  # end the REPEATABLE READ snapshot: the next count sees news
+    return count
 
 
 def test_extension_is_registered(app: Flask) -> None:
@@ -246,3 +250,46 @@ def test_engine_connect_args_win_over_the_tcp_defaults(database_url: str) -> Non
         db.engine.dispose()
     assert parameters["keepalives_idle"] == "99"
     assert parameters["keepalives_count"] == "3"
+
+
+def kill_flush_connections(database_url: str) -> None:
+    """Terminate the backends running a burst statement, as a crash or a network cut would."""
+    with psycopg.connect(libpq_conninfo(database_url), autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'DELETE FROM batch_signal%%'"
+        )
+
+
+def test_commit_lost_after_the_send_means_the_rows_go_again(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    insert_rows(BatchSignal, 50, payload=str)
+    original = recorder.send_many
+
+    def send_then_lose_the_connection(objs: Any, batch: bool = True) -> None:
+        original(objs, batch)
+        kill_flush_connections(database_url)
+
+    monkeypatch.setattr(recorder, "send_many", send_then_lose_the_connection)
+    with pytest.raises(sa.exc.OperationalError):
+        db.signalbus.flushmany([BatchSignal])
+    assert len(recorder.sent) == 50 and row_count(BatchSignal) == 50
+    monkeypatch.setattr(recorder, "send_many", original)
+    assert db.signalbus.flushmany([BatchSignal]) == 50
+    assert row_count(BatchSignal) == 0
+
+
+def test_failed_send_on_a_dead_connection_reports_the_send_error(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    insert_rows(BatchSignal, 50, payload=str)
+
+    def lose_the_connection_then_fail(objs: Any, batch: bool = True) -> None:
+        kill_flush_connections(database_url)
+        raise ConnectionError("broker gone too")
+
+    monkeypatch.setattr(recorder, "send_many", lose_the_connection_then_fail)
+    with pytest.raises(ConnectionError, match="broker gone too"):
+        db.signalbus.flushmany([BatchSignal])
+    assert row_count(BatchSignal) == 50
