@@ -34,6 +34,7 @@ from alembic.operations.ops import CreateTableOp, DropTableOp, UpgradeOps
 from flask import current_app, has_app_context
 
 from . import triggers
+from .config import DEFAULT_CHANNEL
 
 __all__ = ["CreateSignalTriggerOp", "DropSignalTriggerOp", "compare_signal_triggers"]
 
@@ -126,8 +127,8 @@ def _drop_signal_trigger(operations: Operations, operation: DropSignalTriggerOp)
 def default_channel() -> str:
     """Return the app's ``SIGNALBUS_CHANNEL`` in an app context, else ``"signalbus"``."""
     if has_app_context():
-        return current_app.config.get("SIGNALBUS_CHANNEL") or triggers.DEFAULT_CHANNEL
-    return triggers.DEFAULT_CHANNEL
+        return current_app.config.get("SIGNALBUS_CHANNEL") or DEFAULT_CHANNEL
+    return DEFAULT_CHANNEL
 
 
 # --- autogenerate ----------------------------------------------------------------------

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from .atomic import _check_mixin_order
+from .config import DEFAULT_CONFIG
 from .conninfo import TCP_OPTIONS
 from .flush import ModelFlusher
 
@@ -20,15 +21,6 @@ logger = logging.getLogger(__name__)
 
 #: SQLAlchemy drivers built on libpq, which take :data:`~signalbus.conninfo.TCP_OPTIONS`.
 LIBPQ_DRIVERS = frozenset({"psycopg", "psycopg2"})
-
-#: Default app config of the extension; every key has the ``SIGNALBUS_`` prefix.
-DEFAULT_CONFIG: dict[str, Any] = {
-    "SIGNALBUS_CHANNEL": "signalbus",
-    "SIGNALBUS_RABBITMQ_URL": None,
-    "SIGNALBUS_RABBITMQ_TIMEOUT": 30.0,
-    "SIGNALBUS_SWEEP_INTERVAL": 60.0,
-    "SIGNALBUS_PROBE_INTERVAL": 60.0,
-}
 
 
 class SignalBus:

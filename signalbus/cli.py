@@ -13,6 +13,7 @@ from flask.cli import with_appcontext
 from sqlalchemy.exc import DBAPIError
 
 from .bus import SignalBus
+from .config import check_channel, check_seconds
 from .errors import one_line
 from .flush import get_burst_count
 
@@ -151,13 +152,19 @@ def listen_command(signal_names: tuple[str, ...], sweep_interval: float | None) 
         raise click.ClickException("There are no signals to listen for.")
     check_burst_counts(models)
     config = current_app.config
-    listener = Listener(
-        get_signalbus(),
-        models,
-        channel=config["SIGNALBUS_CHANNEL"],
-        sweep_interval=sweep_interval or config["SIGNALBUS_SWEEP_INTERVAL"],
-        probe_interval=config["SIGNALBUS_PROBE_INTERVAL"],
-    )
+    try:
+        listener = Listener(
+            get_signalbus(),
+            models,
+            channel=check_channel(config["SIGNALBUS_CHANNEL"]),
+            sweep_interval=sweep_interval
+            or check_seconds("SIGNALBUS_SWEEP_INTERVAL", config["SIGNALBUS_SWEEP_INTERVAL"]),
+            probe_interval=check_seconds(
+                "SIGNALBUS_PROBE_INTERVAL", config["SIGNALBUS_PROBE_INTERVAL"]
+            ),
+        )
+    except ValueError as error:
+        raise click.ClickException(f"Bad configuration: {error}") from None
     listener.run()
 
 

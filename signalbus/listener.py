@@ -49,6 +49,13 @@ from sqlalchemy.exc import DBAPIError
 
 from .backoff import Backoff
 from .bus import SignalBus
+from .config import (
+    DEFAULT_CHANNEL,
+    DEFAULT_PROBE_INTERVAL,
+    DEFAULT_SWEEP_INTERVAL,
+    check_channel,
+    check_seconds,
+)
 from .conninfo import TCP_OPTIONS, libpq_conninfo
 from .errors import one_line
 
@@ -66,8 +73,8 @@ CONNECTION_OPTIONS: dict[str, Any] = {
     **TCP_OPTIONS,
 }
 
-#: Seconds a LISTEN connection may stay silent before it is probed with ``SELECT 1``.
-PROBE_INTERVAL = 60.0
+#: Seconds at most between two retries of a failing model or connection.
+MAX_BACKOFF = 30.0
 
 #: Seconds a probe may take before the connection is deemed dead.
 PROBE_TIMEOUT = 10.0
@@ -98,10 +105,10 @@ class Listener:
         signalbus: SignalBus,
         models: Sequence[type] | None = None,
         *,
-        channel: str = "signalbus",
-        sweep_interval: float = 60.0,
-        probe_interval: float = PROBE_INTERVAL,
-        max_backoff: float = 30.0,
+        channel: str = DEFAULT_CHANNEL,
+        sweep_interval: float = DEFAULT_SWEEP_INTERVAL,
+        probe_interval: float = DEFAULT_PROBE_INTERVAL,
+        max_backoff: float = MAX_BACKOFF,
         app: Any = None,
     ) -> None:
         if app is None:
@@ -111,8 +118,10 @@ class Listener:
         served = signalbus.get_signal_models() if models is None else list(models)
         if not served:
             raise ValueError("A listener needs at least one signal model to serve.")
-        self.channel = channel
-        self.probe_interval = probe_interval
+        self.channel = check_channel(channel)
+        self.probe_interval = check_seconds("probe_interval", probe_interval)
+        sweep_interval = check_seconds("sweep_interval", sweep_interval)
+        max_backoff = check_seconds("max_backoff", max_backoff)
         #: Set once every database's connection has run its first ``LISTEN``.
         self.ready = threading.Event()
         self._stopping = threading.Event()

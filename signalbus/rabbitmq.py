@@ -46,6 +46,8 @@ import pika.exceptions
 from pika.adapters.select_connection import IOLoop, SelectConnection
 from pika.spec import Basic
 
+from .config import DEFAULT_RABBITMQ_TIMEOUT
+
 __all__ = [
     "CONFIG_TIMEOUT_KEY",
     "CONFIG_URL_KEY",
@@ -670,7 +672,7 @@ class Publisher:
     Safe to share between threads: each thread uses its own connection.
     """
 
-    def __init__(self, url: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, *, timeout: float = DEFAULT_RABBITMQ_TIMEOUT) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         self._secrets = _url_secrets(url)
@@ -765,4 +767,4 @@ def publisher_from_config(config: Mapping[str, Any]) -> Publisher:
             "e.g. amqp://user:password@localhost:5672/%2F"
         )
     timeout = config.get(CONFIG_TIMEOUT_KEY)
-    return Publisher(url, timeout=30.0 if timeout is None else float(timeout))
+    return Publisher(url, timeout=DEFAULT_RABBITMQ_TIMEOUT if timeout is None else float(timeout))

@@ -30,8 +30,9 @@ import sqlalchemy as sa
 from psycopg import sql
 from sqlalchemy.engine import Connection
 
+from .config import DEFAULT_CHANNEL, check_channel
+
 __all__ = [
-    "DEFAULT_CHANNEL",
     "TRIGGER_NAME",
     "TriggerStatus",
     "check_signal_triggers",
@@ -48,12 +49,6 @@ __all__ = [
 #: The name of the trigger on every signal table, and of the function it calls.
 TRIGGER_NAME = "signalbus_notify"
 
-#: The channel used when none is configured (``SIGNALBUS_CHANNEL``).
-DEFAULT_CHANNEL = "signalbus"
-
-#: PostgreSQL's limit on channel names, in bytes (``NAMEDATALEN - 1``).
-MAX_CHANNEL_BYTES = 63
-
 
 @functools.cache
 def load_sql(name: str) -> str:
@@ -66,19 +61,6 @@ def payload_name(table_name: str, schema: str | None = None) -> str:
     if schema in (None, "public"):
         return table_name
     return f"{schema}.{table_name}"
-
-
-def check_channel(channel: str) -> str:
-    """Return *channel*, or raise :class:`ValueError` if PostgreSQL would reject it.
-
-    A bad channel must fail at install time: in the trigger it would make
-    every ``INSERT`` into the table fail.
-    """
-    if not isinstance(channel, str) or not channel:
-        raise ValueError(f"The channel must be a non-empty string, not {channel!r}")
-    if len(channel.encode()) > MAX_CHANNEL_BYTES:
-        raise ValueError(f"The channel {channel!r} is longer than {MAX_CHANNEL_BYTES} bytes")
-    return channel
 
 
 def install_statements(

@@ -171,3 +171,22 @@ def test_flushmany_without_database_logs_each_signal_and_exits_1(
     assert len(failures) == 3 and all(r.exc_info is None for r in failures)
     assert "Sending BatchSignal signals failed: OperationalError" in caplog.text
     assert "s3cret" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("SIGNALBUS_SWEEP_INTERVAL", "abc", "SIGNALBUS_SWEEP_INTERVAL must be a positive number"),
+        ("SIGNALBUS_PROBE_INTERVAL", 0, "SIGNALBUS_PROBE_INTERVAL must be a positive number"),
+        ("SIGNALBUS_CHANNEL", "x" * 64, "is longer than 63 bytes"),
+    ],
+)
+def test_listen_rejects_bad_configuration(
+    app: Flask, invoke, key: str, value: object, message: str
+) -> None:
+    app.config[key] = value
+    result = invoke("listen")
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: Bad configuration: ")
+    assert message in result.output
+    assert "Traceback" not in result.output

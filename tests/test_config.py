@@ -1,0 +1,28 @@
+"""The configuration checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from signalbus.config import check_channel, check_seconds
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(30, 30.0), (0.5, 0.5), ("12.5", 12.5)])
+def test_check_seconds_takes_positive_numbers(value: object, seconds: float) -> None:
+    assert check_seconds("X", value) == seconds
+
+
+@pytest.mark.parametrize("value", [0, -1, "abc", "", None, True, math.nan, math.inf, [1]])
+def test_check_seconds_rejects_the_rest(value: object) -> None:
+    with pytest.raises(ValueError, match="X must be a positive number of seconds"):
+        check_seconds("X", value)
+
+
+def test_check_channel() -> None:
+    assert check_channel("events") == "events"
+    assert check_channel("é" * 31) == "é" * 31  # 62 bytes
+    for bad in ("", None, "é" * 32, "x" * 64):
+        with pytest.raises(ValueError):
+            check_channel(bad)
