@@ -142,7 +142,11 @@ class AtomicProceduresMixin:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _check_mixin_order(cls, AtomicProceduresMixin)
+        check_mixin_order(cls, AtomicProceduresMixin)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        check_mixed_into_sqlalchemy(self, AtomicProceduresMixin)
+        super().__init__(*args, **kwargs)
 
     def _make_declarative_base(self, *args: Any, **kwargs: Any) -> Any:
         model = super()._make_declarative_base(*args, **kwargs)  # type: ignore[misc]
@@ -219,7 +223,18 @@ class AtomicProceduresMixin:
             raise DBSerializationError(str(error.orig)) from error
 
 
-def _check_mixin_order(cls: type, mixin: type) -> None:
+def check_mixed_into_sqlalchemy(instance: object, mixin: type) -> None:
+    """Fail clearly when *mixin* is used on a class that is not ``SQLAlchemy``."""
+    from flask_sqlalchemy import SQLAlchemy
+
+    if not isinstance(instance, SQLAlchemy):
+        raise TypeError(
+            f"{type(instance).__name__} must subclass flask_sqlalchemy.SQLAlchemy: "
+            f"class CustomSQLAlchemy({mixin.__name__}, SQLAlchemy)"
+        )
+
+
+def check_mixin_order(cls: type, mixin: type) -> None:
     """Fail at class creation when *mixin* comes after ``SQLAlchemy`` in *cls*'s bases."""
     from flask_sqlalchemy import SQLAlchemy
 

@@ -10,12 +10,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .atomic import _check_mixin_order
+from .atomic import check_mixed_into_sqlalchemy, check_mixin_order
 from .config import DEFAULT_CONFIG
 from .conninfo import TCP_OPTIONS
 from .flush import ModelFlusher
+from .triggers import payload_name
 
-__all__ = ["SignalBus", "SignalBusMixin", "get_models_to_flush"]
+__all__ = ["SignalBus", "SignalBusMixin", "get_models_to_flush", "table_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,10 +95,8 @@ class SignalBus:
 
 
 def table_name(table: sa.Table) -> str:
-    """Return *table*'s name, schema-qualified unless it is in ``public`` (or default)."""
-    if table.schema in (None, "public"):
-        return table.name
-    return f"{table.schema}.{table.name}"
+    """Return *table*'s name as its trigger's notifications carry it (see :func:`payload_name`)."""
+    return payload_name(table.name, table.schema)
 
 
 def get_models_to_flush(signalbus: SignalBus, model_names: Sequence[str]) -> list[type]:
@@ -137,16 +136,10 @@ class SignalBusMixin:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _check_mixin_order(cls, SignalBusMixin)
+        check_mixin_order(cls, SignalBusMixin)
 
     def __init__(self, app: Any = None, **kwargs: Any) -> None:
-        from flask_sqlalchemy import SQLAlchemy
-
-        if not isinstance(self, SQLAlchemy):
-            raise TypeError(
-                f"{type(self).__name__} must subclass flask_sqlalchemy.SQLAlchemy: "
-                "class CustomSQLAlchemy(SignalBusMixin, SQLAlchemy)"
-            )
+        check_mixed_into_sqlalchemy(self, SignalBusMixin)
         self.signalbus = SignalBus(self)
         super().__init__(app, **kwargs)
 

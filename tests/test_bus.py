@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
-from signalbus import SignalBus, SignalBusMixin, get_models_to_flush
+from signalbus import AtomicProceduresMixin, SignalBus, SignalBusMixin, get_models_to_flush
 from signalbus.conninfo import libpq_conninfo
 from tests.models import BatchSignal, CompositeSignal, Item, SingleSignal, db, recorder
 
@@ -54,12 +54,22 @@ def test_mixin_after_sqlalchemy_is_rejected() -> None:
             pass
 
 
-def test_mixin_without_sqlalchemy_is_rejected() -> None:
-    class NotSQLAlchemy(SignalBusMixin):
+@pytest.mark.parametrize("mixin", [SignalBusMixin, AtomicProceduresMixin])
+def test_mixin_without_sqlalchemy_is_rejected(mixin: type) -> None:
+    class NotSQLAlchemy(mixin):  # type: ignore[valid-type, misc]
         pass
 
-    with pytest.raises(TypeError, match="must subclass flask_sqlalchemy"):
+    with pytest.raises(
+        TypeError, match=f"NotSQLAlchemy must subclass flask_sqlalchemy.+{mixin.__name__}"
+    ):
         NotSQLAlchemy()
+
+
+def test_atomic_mixin_after_sqlalchemy_is_rejected() -> None:
+    with pytest.raises(TypeError, match="AtomicProceduresMixin must come before SQLAlchemy"):
+
+        class Wrong(SQLAlchemy, AtomicProceduresMixin):
+            pass
 
 
 def test_get_signal_models() -> None:
