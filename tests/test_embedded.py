@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import stat
@@ -16,7 +17,13 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from signalbus import embedded
-from tests.postgres_fixtures import LOCAL_SERVER, PgServer, select_pg_server, server_from_url
+from tests.postgres_fixtures import (
+    LOCAL_SERVER,
+    PgServer,
+    embedded_pg_server,
+    select_pg_server,
+    server_from_url,
+)
 
 IS_ROOT = os.geteuid() == 0
 
@@ -31,8 +38,51 @@ def _modes(paths: list[Path]) -> dict[Path, tuple[int, int, int]]:
 
 
 def _select_1(pg: embedded.EmbeddedPostgres) -> tuple[object, ...] | None:
-    with psycopg.connect(host=pg.host, port=pg.port, user=pg.user, dbname=pg.dbname) as conn:
+    with psycopg.connect(
+        host=pg.host, port=pg.port, user=pg.user, password=pg.password, dbname=pg.dbname
+    ) as conn:
         return conn.execute("SELECT 1, current_database()").fetchone()
+
+
+def _connect_without_password(pg: embedded.EmbeddedPostgres) -> None:
+    """Connect as the superuser with no password at all (not from the environment or ~/.pgpass)."""
+    psycopg.connect(
+        host=pg.host,
+        port=pg.port,
+        user=pg.user,
+        password="",
+        passfile=os.devnull,
+        dbname="postgres",
+        connect_timeout=5,
+    ).close()
+
+
+def _assert_password_required(pg: embedded.EmbeddedPostgres) -> None:
+    with pytest.raises(psycopg.OperationalError, match="no password supplied"):
+        _connect_without_password(pg)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(
+            host=pg.host, port=pg.port, user=pg.user, password="wrong", dbname="postgres"
+        ).close()
+
+
+def _password_file(data_dir: Path) -> Path:
+    path = data_dir / "password"
+    st = path.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, os.geteuid())
+    return path
+
+
+def _initdb_with_trust(data_dir: Path) -> embedded.EmbeddedPostgres:
+    """A cluster as earlier versions made it (``initdb --auth=trust``, no password file);
+    returns a (not running) handle with no password."""
+    bin_dir, account = embedded._default_bin_dir(), embedded._server_account()
+    embedded._make_private_dir(data_dir)
+    pgdata = data_dir / "pgdata"
+    embedded._ensure_pgdata(pgdata, account)
+    args = ["-U", "postgres", "--auth=trust", "--no-sync", "--no-instructions"]
+    embedded._run(bin_dir, "initdb", pgdata, account, 60, *args)
+    return embedded.EmbeddedPostgres(data_dir, 0, _account=account, _bin_dir=bin_dir)
 
 
 @pytest.fixture
@@ -62,9 +112,17 @@ def test_start_select_stop_then_warm_restart(data_dir: Path) -> None:
         "postgres",
         "signalbus",
     )
+    assert pg.password and len(pg.password) >= 40 and url.password == pg.password
+    assert _password_file(data_dir).read_text().strip() == pg.password
+    assert pg.display_url == url.render_as_string(hide_password=True)
+    assert pg.password not in pg.display_url + repr(pg)
+    _assert_password_required(pg)
+    hba = (pg.pgdata / "pg_hba.conf").read_text()
+    assert "trust" not in "".join(ln.split("#")[0] for ln in hba.splitlines())
+    assert [p.name for p in data_dir.iterdir() if "initdb" in p.name] == []  # --pwfile removed
 
     again = embedded.start(data_dir)  # attaches to the running server
-    assert not again.started and again.port == pg.port
+    assert not again.started and again.port == pg.port and again.password == pg.password
 
     pg.stop()
     assert not pg.is_running()
@@ -75,8 +133,9 @@ def test_start_select_stop_then_warm_restart(data_dir: Path) -> None:
     t0 = time.perf_counter()
     with embedded.start(data_dir) as warm:
         warm_time = time.perf_counter() - t0
-        assert warm.started
+        assert warm.started and warm.password == pg.password  # read back from the file
         assert _select_1(warm) == (1, "signalbus")
+        _assert_password_required(warm)
     assert not warm.is_running()
     after = (pg.pgdata / "PG_VERSION").stat()
     assert (after.st_ino, after.st_mtime_ns) == (version.st_ino, version.st_mtime_ns)  # no initdb
@@ -104,6 +163,11 @@ def test_permissions_of_foreign_directories_are_unchanged(data_dir: Path) -> Non
         assert _modes(watched) == before
         # What this module created: private dirs; only PGDATA handed to the server account.
         assert _modes([data_dir])[data_dir][:2] == (0o700, os.geteuid())
+        # The password stays with the invoking user (the client side): the server account
+        # (when root switches to one) can neither read it nor traverse data_dir.
+        password = _password_file(data_dir).stat()
+        if IS_ROOT:
+            assert password.st_uid == 0 != pg._account.uid
         pgdata = pg.pgdata.stat()
         assert stat.S_IMODE(pgdata.st_mode) == 0o700
         assert pgdata.st_uid == (pg._account.uid if IS_ROOT else os.geteuid())
@@ -153,6 +217,79 @@ def test_stale_pidfile_with_reused_pid_is_ignored(data_dir: Path) -> None:
     pg.stop()
 
 
+@pytest.mark.parametrize("running", [False, True], ids=["stopped", "running"])
+def test_trust_cluster_of_earlier_versions_is_upgraded(
+    data_dir: Path, running: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = _initdb_with_trust(data_dir)
+    if running:  # left running by an earlier version: start() attaches and upgrades it live
+        port = embedded._start_server(old._bin_dir, old.pgdata, old._account, {}, 60)
+        old.port = port
+        _connect_without_password(old)  # trust, as before
+
+    with caplog.at_level(logging.DEBUG, logger="signalbus.embedded"):
+        pg = embedded.start(data_dir)
+    assert pg.started is not running
+    assert "switching it to scram-sha-256" in caplog.text
+    assert pg.password and pg.password not in caplog.text
+    assert _password_file(data_dir).read_text().strip() == pg.password
+    _assert_password_required(pg)
+    assert _select_1(pg) == (1, "signalbus")
+    hba = pg.pgdata / "pg_hba.conf"
+    records = [ln.split() for ln in hba.read_text().splitlines() if ln and ln[0] != "#"]
+    assert records and all(r[-1] == "scram-sha-256" for r in records)
+    st = hba.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, pg.pgdata.stat().st_uid)
+    assert [p.name for p in pg.pgdata.iterdir() if p.name.startswith(".pg_hba")] == []
+    pg.stop()
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="signalbus.embedded"):
+        warm = embedded.start(data_dir)  # upgraded once only
+    assert warm.password == pg.password and caplog.text == ""
+    _assert_password_required(warm)
+    warm.stop()
+
+
+def test_interrupted_upgrade_is_resumed(data_dir: Path) -> None:
+    """Password file written, but pg_hba.conf still says trust: start() finishes the job."""
+    _initdb_with_trust(data_dir)
+    (data_dir / "password").write_text("from-an-interrupted-upgrade\n")
+    (data_dir / "password").chmod(0o644)  # also: a too-open mode is tightened
+    pg = embedded.start(data_dir)
+    assert pg.password == "from-an-interrupted-upgrade"
+    assert _password_file(data_dir)
+    _assert_password_required(pg)
+    assert _select_1(pg) == (1, "signalbus")
+    pg.stop()
+
+
+def test_missing_password_file_of_a_scram_cluster_is_a_clear_error(data_dir: Path) -> None:
+    embedded.start(data_dir, ephemeral=True).stop()
+    (data_dir / "password").unlink()
+    with pytest.raises(embedded.EmbeddedPostgresError, match=r"password.* is missing.*delete"):
+        embedded.start(data_dir)
+    assert not (data_dir / "pgdata" / "postmaster.pid").exists()  # the server it started: stopped
+
+
+def test_wrong_password_error_does_not_show_it(
+    data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    embedded.start(data_dir, ephemeral=True).stop()
+    secret = "not-the-right-one-" + "x" * 20
+    (data_dir / "password").write_text(secret)
+    with (
+        caplog.at_level(logging.DEBUG, logger="signalbus.embedded"),
+        pytest.raises(embedded.EmbeddedPostgresError) as excinfo,
+    ):
+        embedded.start(data_dir)
+    message = str(excinfo.value)
+    assert "password authentication failed" in message
+    assert "postgres:***@127.0.0.1" in message
+    assert secret not in message and secret not in caplog.text
+    assert excinfo.value.__cause__ is None and excinfo.value.__suppress_context__
+
+
 # --- postgres_fixtures -----------------------------------------------------------------------
 
 
@@ -162,6 +299,20 @@ def test_select_pg_server_prefers_env_url() -> None:
     assert server == PgServer("db.example", 6543, "root", "s@cret", "test")
     assert server.maintenance_dbname == "test"
     assert server.url("x") == "postgresql+psycopg://root:s%40cret@db.example:6543/x"
+
+
+def test_embedded_fallback_server_carries_the_password(tmp_path: Path) -> None:
+    with embedded_pg_server(tmp_path / "postgres") as server:
+        assert server.password and server.dbname == "postgres"
+        assert make_url(server.url()).password == server.password
+        with psycopg.connect(
+            host=server.host,
+            port=server.port,
+            user=server.user,
+            password=server.password,
+            dbname=server.maintenance_dbname,
+        ) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
 
 
 def test_select_pg_server_falls_back_to_local_then_embedded() -> None:
