@@ -22,8 +22,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,9 +32,12 @@ from pathlib import Path
 import pika
 import psycopg
 
-from bench.database import bench_database, psycopg_conninfo
+from bench.database import bench_database
+from bench.process import LoggedProcess
 from bench.rabbitmq import DEFAULT_URL
+from bench.stats import Stats, format_stats, median_stats, percentiles
 from bench.throughput import broker_topology
+from signalbus.conninfo import libpq_conninfo
 from signalbus.rabbitmq import redact_url
 
 INSERT = "INSERT INTO order_placed_signal (payload) VALUES (%s)"
@@ -57,11 +58,10 @@ def create_schema(database_url: str) -> None:
         db.engine.dispose()
 
 
-class Sidecar:
+class Sidecar(LoggedProcess):
     """``flask --app refapp signalbus listen`` in a subprocess, its log in a file."""
 
     def __init__(self, database_url: str, amqp_url: str, exchange: str, log_file: Path) -> None:
-        self.log_file = log_file
         env = {
             **os.environ,
             "DATABASE_URL": database_url,
@@ -69,24 +69,7 @@ class Sidecar:
             "SIGNALBUS_EXCHANGE": exchange,
         }
         command = [sys.executable, "-m", "flask", "--app", "refapp", "signalbus", "listen"]
-        with log_file.open("w") as log:
-            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
-        self._wait_for_log("listening")
-
-    def _wait_for_log(self, text: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.log_file.read_text():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the listener did not start:\n{self.log_file.read_text()}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        super().__init__(command, env, log_file)
 
 
 def consume(amqp_url: str, queue: str, ready: Connection, results: Connection) -> None:
@@ -138,16 +121,6 @@ def produce(conninfo: str, rate: float, duration: float) -> list[float]:
     return acked
 
 
-def percentiles(values: Sequence[float]) -> dict[str, float]:
-    """Return p50, p95, p99 and max of *values* (nearest rank)."""
-    ordered = sorted(values)
-
-    def at(fraction: float) -> float:
-        return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "max": ordered[-1]}
-
-
 def measure(amqp_url: str, rate: float, duration: float) -> tuple[dict[str, Stats], float]:
     """Run once; return the latency percentiles in ms (see :func:`latencies`) and the rate."""
     context = multiprocessing.get_context("spawn")
@@ -169,7 +142,7 @@ def measure(amqp_url: str, rate: float, duration: float) -> tuple[dict[str, Stat
             if not ready_r.poll(30):
                 raise RuntimeError("the consumer did not start")
             started = time.monotonic()
-            acked = produce(psycopg_conninfo(database_url), rate, duration)
+            acked = produce(libpq_conninfo(database_url), rate, duration)
             achieved = len(acked) / (time.monotonic() - started)
             parent_end.send(len(acked))
             deliveries = parent_end.recv()
@@ -179,9 +152,6 @@ def measure(amqp_url: str, rate: float, duration: float) -> tuple[dict[str, Stat
             if consumer.is_alive():
                 consumer.kill()
     return latencies(deliveries, acked), achieved
-
-
-Stats = dict[str, float]
 
 
 def latencies(deliveries: list[tuple[int, float, float]], acked: list[float]) -> dict[str, Stats]:
@@ -221,14 +191,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("targets: commit->receive p50 <= 2 ms, p99 <= 10 ms")
 
 
-def median_stats(runs: Sequence[Stats]) -> Stats:
-    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-
-
 def show(stats: dict[str, Stats]) -> None:
     for name, values in stats.items():
-        shown = "  ".join(f"{key} {value:7.2f}" for key, value in values.items())
-        print(f"  {name:16} ms: {shown}")
+        print(f"  {name:16} ms: {format_stats(values)}")
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ import sqlalchemy as sa
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
-from bench.database import bench_database, psycopg_conninfo
+from bench.database import bench_database
 from signalbus import SignalBusMixin
+from signalbus.conninfo import libpq_conninfo
 
 BURST = 1000
 
@@ -93,7 +94,7 @@ def run(rows: int, rounds: int) -> None:
         app = Flask(__name__)
         app.config["SQLALCHEMY_DATABASE_URI"] = url
         db.init_app(app)
-        conninfo = psycopg_conninfo(url)
+        conninfo = libpq_conninfo(url)
         with app.app_context():
             db.create_all()
             bare, bus = [], []

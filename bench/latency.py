@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,8 +47,11 @@ import psycopg
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
-from bench.database import DEFAULT_SERVER_URL, bench_database, psycopg_conninfo
+from bench.database import DEFAULT_SERVER_URL, bench_database
+from bench.process import LoggedProcess
+from bench.stats import format_stats, median_stats, percentiles
 from signalbus import SignalBusMixin
+from signalbus.conninfo import libpq_conninfo
 from signalbus.triggers import install_trigger
 
 
@@ -105,42 +107,24 @@ def create_schema(database_url: str) -> None:
         db.engine.dispose()
 
 
-class ListenerProcess:
+class ListenerProcess(LoggedProcess):
     """``flask signalbus listen`` in a subprocess, its log in a file."""
 
     def __init__(self, database_url: str, workdir: Path) -> None:
         self.sent_file = workdir / "sent"
-        self.log_file = workdir / "listener.log"
         env = {
             **os.environ,
             "BENCH_DATABASE_URL": database_url,
             "BENCH_SENT_FILE": str(self.sent_file),
         }
         command = [sys.executable, "-m", "flask", "--app", "bench.latency", "signalbus", "listen"]
-        with self.log_file.open("w") as log:
-            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
-        self._wait_for_log("listening")
-
-    def _wait_for_log(self, text: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.log_file.read_text():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the listener did not start:\n{self.log_file.read_text()}")
-            time.sleep(0.05)
+        super().__init__(command, env, workdir / "listener.log")
 
     def sent_times(self) -> dict[int, float]:
         if not self.sent_file.exists():
             return {}
         pairs = (line.split() for line in self.sent_file.read_text().splitlines())
         return {int(row_id): float(sent_at) for row_id, sent_at in pairs}
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 def count_transactions(server_conninfo: str, database: str) -> int:
@@ -217,15 +201,6 @@ def produce(conninfo: str, rate: float, duration: float) -> dict[int, tuple[floa
     return times
 
 
-def percentiles(values: Sequence[float]) -> dict[str, float]:
-    ordered = sorted(values)
-
-    def at(fraction: float) -> float:
-        return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "max": ordered[-1]}
-
-
 def measure_rate(
     conninfo: str, listener: ListenerProcess, rate: float, duration: float
 ) -> dict[str, dict[str, float]]:
@@ -250,15 +225,13 @@ def run(rates: Sequence[float], duration: float, idle: float) -> dict[str, Any]:
     name = f"signalbus_bench_latency_{os.getpid()}"
     with bench_database(name) as database_url, tempfile.TemporaryDirectory() as workdir:
         create_schema(database_url)
-        server = psycopg_conninfo(
-            os.environ.get("SIGNALBUS_BENCH_DATABASE_URL", DEFAULT_SERVER_URL)
-        )
+        server = libpq_conninfo(os.environ.get("SIGNALBUS_BENCH_DATABASE_URL", DEFAULT_SERVER_URL))
         listener = ListenerProcess(database_url, Path(workdir))
         try:
             results: dict[str, Any] = {}
             if idle > 0:
                 results["idle"] = measure_idle(server, name, idle)
-            conninfo = psycopg_conninfo(database_url)
+            conninfo = libpq_conninfo(database_url)
             for rate in rates:
                 results[rate] = measure_rate(conninfo, listener, rate, duration)
         finally:
@@ -271,12 +244,8 @@ def report(runs: list[dict[str, Any]], rates: Sequence[float], idle: float) -> N
         achieved = statistics.median(run[rate]["rate"]["achieved"] for run in runs)
         print(f"{rate:g} rows/s (achieved {achieved:.0f}/s), ms, median of {len(runs)} run(s):")
         for name in ("insert->send", "ack->send"):
-            stats = {
-                key: statistics.median(run[rate][name][key] for run in runs)
-                for key in ("p50", "p95", "p99", "max")
-            }
-            shown = "  ".join(f"{key} {value:7.2f}" for key, value in stats.items())
-            print(f"  {name:13} {shown}")
+            stats = median_stats([run[rate][name] for run in runs])
+            print(f"  {name:13} {format_stats(stats)}")
     if idle > 0:
         counts = [run["idle"] for run in runs]
         print(f"idle: {counts} transactions in {idle:g} s (median {statistics.median(counts):g})")

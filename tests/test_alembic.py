@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine
 from signalbus.alembic import CreateSignalTriggerOp, DropSignalTriggerOp
 from signalbus.triggers import install_trigger, installed_triggers, trigger_channels
 from tests.models import db
+from tests.trigger_checks import function_exists
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,12 +53,6 @@ def run_operations(engine: Engine, *calls: tuple[str, tuple, dict]) -> None:
 def channels(engine: Engine) -> dict[str, str]:
     with engine.connect() as connection:
         return trigger_channels(connection)
-
-
-def function_exists(engine: Engine) -> bool:
-    with engine.connect() as connection:
-        query = sa.text("SELECT to_regprocedure('signalbus_notify()') IS NOT NULL")
-        return connection.execute(query).scalar_one()
 
 
 # --- operations ------------------------------------------------------------------------

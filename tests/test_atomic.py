@@ -11,6 +11,7 @@ from flask import Flask
 from sqlalchemy.exc import IntegrityError
 
 from signalbus import DBSerializationError, retry_on_deadlock
+from signalbus.conninfo import libpq_conninfo
 from tests.models import CompositeSignal, Item, db
 
 pytestmark = pytest.mark.usefixtures("app_context")
@@ -91,7 +92,7 @@ def test_nested_atomic_blocks_share_one_transaction() -> None:
 def test_atomic_reruns_after_a_real_serialization_failure(database_url: str) -> None:
     """Two REPEATABLE READ transactions update one row: the loser is re-run."""
     item_id = add_item("contended").id
-    conninfo = sa.make_url(database_url).set(drivername="postgresql").render_as_string(False)
+    conninfo = libpq_conninfo(database_url)
     snapshot_taken = threading.Event()
     rival_committed = threading.Event()
     attempts = 0
@@ -203,7 +204,7 @@ def test_get_instance_with_composite_key() -> None:
 def test_lock_instance_selects_for_update(database_url: str) -> None:
     item = add_item("locked")
     assert Item.lock_instance(item.id) is item
-    conninfo = sa.make_url(database_url).set(drivername="postgresql").render_as_string(False)
+    conninfo = libpq_conninfo(database_url)
     with psycopg.connect(conninfo) as other:
         other.execute("SET lock_timeout = '100ms'")
         with pytest.raises(psycopg.errors.LockNotAvailable):
@@ -214,7 +215,7 @@ def test_lock_instance_selects_for_update(database_url: str) -> None:
 
 def test_lock_instance_passes_options_to_for_update(database_url: str) -> None:
     item = add_item("busy")
-    conninfo = sa.make_url(database_url).set(drivername="postgresql").render_as_string(False)
+    conninfo = libpq_conninfo(database_url)
     with psycopg.connect(conninfo) as other:
         other.execute("SELECT 1 FROM item WHERE id = %s FOR UPDATE", (item.id,))
         assert Item.lock_instance(item.id, skip_locked=True) is None

@@ -13,27 +13,24 @@ from __future__ import annotations
 import collections
 import os
 import re
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pika
 import pika.exceptions
 import psycopg
 import pytest
-from sqlalchemy.engine import make_url
 
 from refapp import create_app
 from refapp.models import db
+from signalbus.conninfo import libpq_conninfo
 from signalbus.triggers import install_trigger
-from tests.rabbitmq_fixtures import rabbitmqctl, wait_for
+from tests.processes import FLASK, OutputProcess
+from tests.rabbitmq_fixtures import rabbitmqctl
+from tests.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
-FLASK = str(Path(sys.executable).with_name("flask"))
 PASSWORD = "br0ker-s3cret-Pw"
 EXCHANGE = "signalbus"
 QUEUE = "orders"
@@ -54,8 +51,7 @@ class Database:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        conninfo = make_url(url).set(drivername="postgresql").render_as_string(False)
-        self.connection = psycopg.connect(conninfo, autocommit=True)
+        self.connection = psycopg.connect(libpq_conninfo(url), autocommit=True)
         self._lock = threading.Lock()
 
     def insert(self, table: str, count: int) -> list[str]:
@@ -236,7 +232,7 @@ def consumer(broker: Broker) -> Iterator[Consumer]:
 # The sidecar
 
 
-class Sidecar:
+class Sidecar(OutputProcess):
     """A ``flask --app refapp signalbus ...`` process whose output is collected as it comes."""
 
     def __init__(self, database: Database, broker: Broker, *args: str) -> None:
@@ -247,43 +243,13 @@ class Sidecar:
             "SIGNALBUS_EXCHANGE": EXCHANGE,
             "SIGNALBUS_RABBITMQ_TIMEOUT": "10",
         }
-        self.process = subprocess.Popen(
-            [FLASK, "--app", "refapp", "signalbus", *args],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for_output(self, text: str, timeout: float = 30.0) -> None:
-        wait_for(lambda: text in self.output, timeout, f"{text!r} in the output:\n{self.output}")
+        super().__init__([FLASK, "--app", "refapp", "signalbus", *args], env)
 
     def failed_attempts(self) -> int:
         return len(FAILED_ATTEMPT.findall(self.output))
 
     def wait(self, timeout: float = 60.0) -> int:
-        status = self.process.wait(timeout)
-        self._reader.join(5)
-        return status
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-        self._reader.join(5)
+        return super().wait(timeout)
 
 
 @pytest.fixture
@@ -320,7 +286,9 @@ def wait_delivered(
     def done() -> bool:
         return ids <= consumer.ids() and database.pending(PLACED) + database.pending(SHIPPED) == 0
 
-    wait_for(done, timeout, f"{len(ids - consumer.ids())} of {len(ids)} messages to arrive")
+    wait_until(
+        done, timeout, lambda: f"{len(ids - consumer.ids())} of {len(ids)} messages to arrive"
+    )
 
 
 def duplicated_bursts(duplicates: set[str]) -> int:
@@ -362,7 +330,7 @@ def test_connections_closed_by_the_broker_mid_drain(
 ) -> None:
     broker.declare("order.#")
     ids = set(database.insert(PLACED, 50_000))
-    wait_for(lambda: len(consumer.ids()) >= BURST, 30, "the drain to start")
+    wait_until(lambda: len(consumer.ids()) >= BURST, 30, "the drain to start")
 
     broker.close_all_connections()
     assert database.pending() > 0, "the drain ended before the broker closed the connections"
@@ -405,7 +373,7 @@ def test_unroutable_messages_stay_until_a_queue_is_bound(
     placed = set(database.insert(PLACED, 10))
     listener.wait_for_output("Sending OrderPlacedSignal signals failed")
     shipped = set(database.insert(SHIPPED, 5))
-    wait_for(lambda: shipped <= consumer.ids(), 30, "the other signal to be sent")
+    wait_until(lambda: shipped <= consumer.ids(), 30, "the other signal to be sent")
     assert database.pending(PLACED) == 10
 
     broker.bind(QUEUE, "order.placed")

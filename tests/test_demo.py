@@ -9,7 +9,6 @@ import select
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from refapp.demo import Tracker, describe_broker, describe_database
 from signalbus import embedded
 from signalbus.rabbitmq import Message, MessageProperties
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 COUNT = 10
@@ -168,16 +168,18 @@ def test_demo_stops_cleanly_on_ctrl_c(demo_home: tuple[dict[str, str], Path]) ->
 
 def wait_for_line(stream: object, prefix: str, timeout: float = 60) -> str:
     """Read lines of *stream* until one starts with *prefix*; fail after *timeout* s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        readable, _, _ = select.select([stream], [], [], deadline - time.monotonic())
-        if readable:
-            line = stream.readline()  # type: ignore[attr-defined]
-            if not line:
-                pytest.fail("the demo ended before printing a message")
-            if line.startswith(prefix):
-                return line
-    pytest.fail(f"no line starting with {prefix!r} within {timeout} s")
+
+    def next_line_with_prefix() -> str | None:
+        if not select.select([stream], [], [], 0.1)[0]:
+            return None
+        line = stream.readline()  # type: ignore[attr-defined]
+        if not line:
+            pytest.fail("the demo ended before printing a message")
+        return line if line.startswith(prefix) else None
+
+    return wait_until(
+        next_line_with_prefix, timeout, f"a line starting with {prefix!r}", interval=0
+    )
 
 
 # --- with a broker ---------------------------------------------------------------------------

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,79 +13,40 @@ from pathlib import Path
 import psycopg
 import pytest
 from flask import Flask
-from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import make_url
 
+from signalbus.conninfo import libpq_conninfo
 from signalbus.listener import Listener
 from signalbus.triggers import install_trigger
 from tests import listener_app
 from tests.listener_app import db
 from tests.models import SingleSignal, recorder
 from tests.models import db as models_db
+from tests.processes import FLASK, OutputProcess
+from tests.proxies import FreezableProxy
+from tests.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
-FLASK = str(Path(sys.executable).with_name("flask"))
 PASSWORD = "s3cr3t-pw"
 
 
-def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
-    """Poll *condition* until it is true; fail after *timeout* seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or condition}")
-        time.sleep(0.01)
-
-
-class ListenerProcess:
+class ListenerProcess(OutputProcess):
     """A ``flask signalbus listen`` process whose combined output is collected as it comes."""
+
+    output_timeout = 10.0
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         command = [FLASK, "--app", "tests.listener_app", "signalbus", "listen", *args]
-        self.process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for(self, text: str, timeout: float = 10.0) -> None:
-        wait_until(lambda: text in self.output, timeout, f"{text!r} in the output")
+        super().__init__(command, env)
 
     def wait_ready(self) -> None:
-        self.wait_for("listening")
-
-    def exit_status(self, timeout: float) -> int:
-        status = self.process.wait(timeout)
-        self._reader.join(5)
-        return status
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-        self._reader.join(5)
+        self.wait_for_output("listening")
 
 
 class Database:
     """Direct access to the test database: inserts, notifications, sent rows."""
 
     def __init__(self, url: str, sent_file: Path) -> None:
-        self.conninfo = make_url(url).set(drivername="postgresql").render_as_string(False)
+        self.conninfo = libpq_conninfo(url)
         self.name = make_url(url).database
         self.sent_file = sent_file
         self.connection = psycopg.connect(self.conninfo, autocommit=True)
@@ -136,7 +93,7 @@ class Database:
 
 
 class Producer(threading.Thread):
-    """Insert consecutive ids, a few per transaction, until stopped."""
+    """Insert consecutive ids, a few per transaction, until stopped (or its with block ends)."""
 
     def __init__(self, database: Database, first: int = 1, per_transaction: int = 3) -> None:
         super().__init__(daemon=True)
@@ -158,53 +115,12 @@ class Producer(threading.Thread):
         self.join()
         return self.inserted
 
+    def __enter__(self) -> Producer:
+        self.start()
+        return self
 
-class FreezableProxy:
-    """A TCP proxy to the database whose connections can be frozen.
-
-    A frozen connection stays open and keeps being acknowledged by TCP, but
-    no byte crosses it any more: a half-open connection, as after a network
-    cut behind a proxy.
-    """
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.frozen: set[int] = set()
-        self.sockets: list[socket.socket] = [self.server]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def freeze(self, upstream_port: int) -> None:
-        """Freeze the connection whose server-side client port is *upstream_port*."""
-        self.frozen.add(upstream_port)
-
-    def close(self) -> None:
-        for sock in self.sockets:
-            sock.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            self.sockets += [client, upstream]
-            key = upstream.getsockname()[1]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink, key), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket, key: int) -> None:
-        try:
-            while data := source.recv(65536):
-                if key not in self.frozen:
-                    sink.sendall(data)
-        except OSError:
-            pass
-        for sock in (source, sink):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 @pytest.fixture
@@ -265,7 +181,7 @@ def test_catches_up_says_ready_and_delivers_promptly(spawn, database: Database) 
 
 def test_unknown_signal_name_is_a_usage_error(spawn) -> None:
     listener = spawn("Tick", "Nope")
-    assert listener.exit_status(timeout=30) == 2
+    assert listener.wait(timeout=30) == 2
     assert "Unknown signal Nope" in listener.output
 
 
@@ -283,18 +199,15 @@ def test_reconnects_after_its_backend_is_terminated(spawn, database: Database) -
     listener.wait_ready()
     wait_until(database.listener_pids, what="the listener's backend")
     first_pids = database.listener_pids()
-    producer = Producer(database)
-    producer.start()
-    try:
+    with Producer(database) as producer:
         wait_until(lambda: len(database.sent()) >= 20, what="a steady stream")
         database.terminate(first_pids)
-        listener.wait_for("Lost the LISTEN connection")
-        listener.wait_for("Reconnected")
+        listener.wait_for_output("Lost the LISTEN connection")
+        listener.wait_for_output("Reconnected")
         wait_until(lambda: database.listener_pids() - first_pids, what="a new backend")
         sent_before = len(database.sent())
         wait_until(lambda: len(database.sent()) >= sent_before + 20, what="the stream again")
-    finally:
-        inserted = producer.stop()
+    inserted = producer.inserted
     wait_until(lambda: len(database.sent()) >= len(inserted), timeout=5, what="every row")
     assert sorted(database.sent()) == inserted
     wait_until(lambda: not database.pending("tick"), what="the last commit")
@@ -304,16 +217,13 @@ def test_reconnects_after_its_backend_is_terminated(spawn, database: Database) -
 def test_stops_within_two_seconds_losing_nothing(spawn, database: Database, signum: int) -> None:
     listener = spawn()
     listener.wait_ready()
-    producer = Producer(database, per_transaction=20)
-    producer.start()
-    try:
+    with Producer(database, per_transaction=20) as producer:
         wait_until(lambda: len(database.sent()) >= 200, what="a steady stream")
         started = time.monotonic()
         listener.process.send_signal(signum)
-        status = listener.exit_status(timeout=5)
+        status = listener.wait(timeout=5)
         elapsed = time.monotonic() - started
-    finally:
-        inserted = producer.stop()
+    inserted = producer.inserted
     assert status == 0, listener.output
     assert elapsed < 2.0
     sent = database.sent()
@@ -325,18 +235,15 @@ def test_stops_within_two_seconds_losing_nothing(spawn, database: Database, sign
 def test_a_new_listener_delivers_what_a_killed_one_left(spawn, database: Database) -> None:
     listener = spawn()
     listener.wait_ready()
-    producer = Producer(database, per_transaction=20)
-    producer.start()
-    try:
+    with Producer(database, per_transaction=20) as producer:
         wait_until(lambda: len(database.sent()) >= 200, what="a steady stream")
         listener.process.send_signal(signal.SIGKILL)
-        listener.exit_status(timeout=5)
+        listener.wait(timeout=5)
         killed_at = producer.next_id
         wait_until(lambda: producer.next_id > killed_at + 100, what="rows after the kill")
         spawn().wait_ready()
         wait_until(lambda: len(database.sent()) > killed_at + 200, what="the new listener")
-    finally:
-        inserted = producer.stop()
+    inserted = producer.inserted
     wait_until(lambda: set(database.sent()) >= set(inserted), what="every row at least once")
     wait_until(lambda: not database.pending("tick"), what="the last commit")
 
@@ -350,7 +257,7 @@ def test_a_failing_signal_does_not_hold_up_the_others(
     listener.wait_ready()
     for row_id in (1, 2, 3):
         database.insert("flaky", row_id)
-    listener.wait_for("Sending Flaky signals failed")
+    listener.wait_for_output("Sending Flaky signals failed")
     assert "the broker refused a Flaky message" in listener.output
     for row_id in range(1, 21):
         database.insert("tick", row_id)
@@ -360,7 +267,7 @@ def test_a_failing_signal_does_not_hold_up_the_others(
     fail_file.unlink()
     wait_until(lambda: sorted(database.sent("Flaky")) == [1, 2, 3], timeout=40, what="the retry")
     wait_until(lambda: not database.pending("flaky"), what="the last commit")
-    listener.wait_for("Sending Flaky signals works again")
+    listener.wait_for_output("Sending Flaky signals works again")
 
 
 BAD_PAYLOADS = ["garbage", "no_such_table", "public.tick", "x" * 7999, "x'; drop table y; --"]
@@ -408,7 +315,7 @@ def test_password_never_logged_even_across_reconnects(
     wait_until(lambda: database.sent() == [1], what="the first row")
     # As after a server restart: the LISTEN connection and the pooled ones are gone.
     database.terminate(database.other_backends())
-    listener.wait_for("Reconnected")
+    listener.wait_for_output("Reconnected")
     database.insert("tick", 2)
     wait_until(lambda: database.sent() == [1, 2], what="a row after the reconnect")
     assert "***" in listener.output
@@ -433,8 +340,8 @@ def test_a_half_open_connection_is_found_by_the_probe(
         )
         [(client_port,)] = database.execute(query, (database.name,))
         proxy.freeze(client_port)
-        listener.wait_for("no answer to a probe within 1 s", timeout=10)
-        listener.wait_for("Reconnected")
+        listener.wait_for_output("no answer to a probe within 1 s", timeout=10)
+        listener.wait_for_output("Reconnected")
         database.insert("tick", 1)
         wait_until(lambda: database.sent() == [1], timeout=2, what="a row after the reconnect")
     finally:
@@ -455,19 +362,19 @@ def test_survives_a_database_outage(spawn, database: Database, database_url: str
     listener = spawn("--sweep-interval", "1", LISTENER_DATABASE_URL=url)
     listener.wait_ready()
     allow = f'ALTER DATABASE "{database.name}" ALLOW_CONNECTIONS %s'
-    admin_conninfo = make_conninfo(database.conninfo, dbname="postgres")
+    admin_conninfo = libpq_conninfo(database_url, dbname="postgres")
     with psycopg.connect(admin_conninfo, autocommit=True) as admin:
         admin.execute((allow % "false").encode())
         try:
             database.terminate(database.other_backends())
-            listener.wait_for("Cannot listen on")
-            listener.wait_for("Sending Tick signals failed")
+            listener.wait_for_output("Cannot listen on")
+            listener.wait_for_output("Sending Tick signals failed")
             database.insert("tick", 1, 10)
         finally:
             admin.execute((allow % "true").encode())
-    listener.wait_for("Reconnected", timeout=40)
+    listener.wait_for_output("Reconnected", timeout=40)
     wait_until(lambda: sorted(database.sent()) == list(range(1, 11)), what="the catch-up")
-    listener.wait_for("Sending Tick signals works again")
+    listener.wait_for_output("Sending Tick signals works again")
     database.insert("tick", 11)
     wait_until(lambda: len(database.sent()) == 11, timeout=2, what="a row after the outage")
     assert PASSWORD not in listener.output

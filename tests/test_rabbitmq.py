@@ -26,7 +26,9 @@ from signalbus.rabbitmq import (
     publisher_from_config,
     redact_url,
 )
-from tests.rabbitmq_fixtures import FreezableProxy, rabbitmqctl, wait_for
+from tests.proxies import FreezableProxy
+from tests.rabbitmq_fixtures import rabbitmqctl
+from tests.waiting import wait_until as wait_for
 
 SECRET = "s3cret-p@ss/word"
 SECRET_IN_URL = "s3cret-p%40ss%2Fword"

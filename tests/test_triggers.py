@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy.engine import Engine
 
+from signalbus.conninfo import libpq_conninfo
 from signalbus.triggers import (
     TRIGGER_NAME,
     drop_trigger,
@@ -19,6 +20,7 @@ from signalbus.triggers import (
     load_sql,
     trigger_channels,
 )
+from tests.trigger_checks import function_exists
 
 SENTINEL = "--sentinel--"
 
@@ -32,8 +34,7 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 @pytest.fixture
 def listener(database_url: str) -> Iterator[psycopg.Connection]:
-    dsn = database_url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(dsn, autocommit=True) as connection:
+    with psycopg.connect(libpq_conninfo(database_url), autocommit=True) as connection:
         yield connection
 
 
@@ -79,12 +80,6 @@ def received(listener: psycopg.Connection, engine: Engine, channel: str) -> list
             return notifications
         notifications.append((notify.channel, notify.payload))
     raise AssertionError(f"No sentinel within 10 seconds; received {notifications}")
-
-
-def function_exists(engine: Engine) -> bool:
-    with engine.connect() as connection:
-        query = sa.text("SELECT to_regprocedure('signalbus_notify()') IS NOT NULL")
-        return connection.execute(query).scalar_one()
 
 
 def trigger_count(engine: Engine) -> int:
