@@ -87,8 +87,19 @@ def _positive_int(key: str, config: Mapping[str, str]) -> int:
 
 
 def database_uri(url: str) -> str:
-    """Return the SQLAlchemy URI of the database *url*, using psycopg for PostgreSQL."""
-    parsed = sa.make_url(url)
-    if parsed.drivername in ("postgres", "postgresql"):
+    """Return the SQLAlchemy URI of the PostgreSQL database *url*, using psycopg 3.
+
+    Raises :class:`~flask.cli.NoAppException` (without repeating *url*, which
+    may hold a password) if *url* is not a PostgreSQL URL.
+    """
+    try:
+        parsed = sa.make_url(url)
+    except (sa.exc.ArgumentError, ValueError):
+        parsed = None
+    if parsed is not None and parsed.drivername in ("postgres", "postgresql"):
         parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed is None or parsed.get_backend_name() != "postgresql":
+        raise NoAppException(
+            "DATABASE_URL must be a PostgreSQL URL, e.g. postgresql://user:password@host:5432/db"
+        )
     return parsed.render_as_string(hide_password=False)

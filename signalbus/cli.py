@@ -35,8 +35,9 @@ def signalbus_cli() -> None:
     """Send the signals recorded in the database over the message bus."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-        # pika narrates every connection attempt at INFO; the publisher logs what matters.
-        logging.getLogger("pika").setLevel(logging.WARNING)
+        # pika narrates every connection attempt, and logs each failed one as an error
+        # with a traceback; the publisher's own errors say what matters, on one line.
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 
 def get_signalbus() -> SignalBus:

@@ -272,3 +272,41 @@ def test_tracker_reports_a_message_once_sent_and_consumed_in_any_order(tmp_path:
         'relayed  order.placed  id=0    {"id": 1}  (from an earlier run)',
         'consumed order.placed  id=2    {"id": 1}  sent 2.0 ms, consumed 5.0 ms',
     ]
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"DATABASE_URL": "not a url"}, "error: DATABASE_URL must be a PostgreSQL URL"),
+        (
+            {"DATABASE_URL": "postgresql://postgres:pw-s3cret@127.0.0.1:1/x"},
+            "database error: OperationalError: connection failed",
+        ),
+    ],
+)
+def test_bad_database_configuration_is_one_line(variables: dict[str, str], message: str) -> None:
+    result = subprocess.run(
+        demo_command(),
+        env=demo_env(**variables),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert message in output
+    assert "Traceback" not in output and "pw-s3cret" not in output
+
+
+def test_unreachable_broker_is_one_line(database_url: str) -> None:
+    env = demo_env(
+        DATABASE_URL=database_url, SIGNALBUS_RABBITMQ_URL="amqp://guest:pw-s3cret@127.0.0.1:1/"
+    )
+    result = subprocess.run(
+        demo_command(), env=env, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "error: cannot reach the broker at amqp://guest:***@127.0.0.1:1/" in output
+    assert "Traceback" not in output and "pw-s3cret" not in output

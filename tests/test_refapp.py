@@ -13,7 +13,7 @@ from flask import Flask
 from flask.cli import NoAppException
 from flask.testing import FlaskClient
 
-from refapp import config_from_env, create_app
+from refapp import config_from_env, create_app, database_uri
 from refapp.models import Order, OrderPlacedSignal, OrderShippedSignal, db
 from refapp.publishing import build_message
 from signalbus.rabbitmq import Message
@@ -179,3 +179,27 @@ def test_triggers_command_hides_database_password(monkeypatch: pytest.MonkeyPatc
 def test_bad_burst_count_in_the_environment_is_a_clear_error() -> None:
     with pytest.raises(NoAppException, match="SIGNALBUS_BURST_COUNT must be a positive integer"):
         config_from_env({"SIGNALBUS_BURST_COUNT": "lots"})
+
+
+@pytest.mark.parametrize(
+    "url", ["garbage", "postgresql://u:pw@h:port/db", "mysql://u:pw@h/db", "sqlite://"]
+)
+def test_database_url_must_be_postgresql(url: str) -> None:
+    with pytest.raises(NoAppException, match="DATABASE_URL must be a PostgreSQL URL") as caught:
+        database_uri(url)
+    assert "pw" not in str(caught.value)
+
+
+def test_postgres_scheme_is_taken() -> None:
+    assert database_uri("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+
+
+def test_bad_broker_url_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    config = {
+        "SQLALCHEMY_DATABASE_URI": "postgresql+psycopg://u@127.0.0.1/x",
+        "SIGNALBUS_RABBITMQ_URL": "http://u:pw-s3cret@broker/",
+    }
+    with pytest.raises(NoAppException, match="expected amqp:// or amqps://") as caught:
+        create_app(config)
+    assert "pw-s3cret" not in str(caught.value)
