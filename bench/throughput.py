@@ -11,12 +11,12 @@ every run), in rounds that rotate their order:
 * ``publisher``: :meth:`signalbus.rabbitmq.Publisher.publish_messages` with
   prepared :class:`~signalbus.rabbitmq.Message` objects;
 * ``refapp-msgs`` (a diagnostic): the Publisher again, with the messages the
-  reference app builds (with a ``timestamp`` property too), prepared in
-  advance: what the broker alone costs ``flushmany``;
+  reference app builds, prepared in advance: what the broker alone costs
+  ``flushmany``;
 * ``flushmany``: ``db.signalbus.flushmany([OrderPlacedSignal])`` of the
   reference app draining ``--messages`` rows end to end: ``DELETE ...
-  RETURNING`` bursts, JSON encoding in :mod:`refapp.publishing`, publishing
-  and confirms, commit. Filling the table is not timed.
+  RETURNING`` bursts, building the messages in :mod:`refapp.publishing`,
+  publishing and confirms, commit. Filling the table is not timed.
 
 The bodies of all three are orders encoded as the reference app does. Prints
 each run, the median msg/s of each contender and the ratios to ``bare`` (and

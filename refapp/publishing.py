@@ -82,7 +82,6 @@ def build_messages(model: Any, rows: Sequence[Any]) -> list[Message]:
             properties=MessageProperties(
                 content_type="application/json",
                 message_id=f"{prefix}{row.id}",
-                timestamp=int(row.created_at.timestamp()),
             ),
         )
         for row in rows

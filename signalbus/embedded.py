@@ -605,11 +605,17 @@ def _read_password(data_dir: Path) -> str | None:
 
 def _write_password(data_dir: Path, password: str) -> None:
     """Atomically (re)write ``data_dir/password``: 0600, owned by the invoking user."""
-    path = data_dir / PASSWORD_NAME
-    fd, tmp = tempfile.mkstemp(prefix=f".{PASSWORD_NAME}-", dir=data_dir)
+    _write_private_file(data_dir / PASSWORD_NAME, password.encode() + b"\n")
+
+
+def _write_private_file(path: Path, data: bytes, owner: tuple[int, int] | None = None) -> None:
+    """Atomically replace *path* by a 0600 file holding *data*, owned by *owner* if given."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     try:
         os.fchmod(fd, 0o600)
-        os.write(fd, password.encode() + b"\n")
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.write(fd, data)
         os.fsync(fd)
         os.close(fd)
         fd = -1
@@ -715,22 +721,8 @@ def _rewrite_hba(pgdata: Path, account: _Account) -> None:
         if tokens and tokens[0] in _HBA_TYPES:
             code = _HBA_TRUST.sub(AUTH_METHOD, code)
         lines.append(code + hash_ + comment)
-    fd, tmp = tempfile.mkstemp(prefix=f".{HBA_NAME}-", dir=pgdata)
-    try:
-        os.fchmod(fd, 0o600)
-        if account.switches:
-            os.fchown(fd, account.uid, account.gid)  # type: ignore[arg-type]
-        os.write(fd, "".join(lines).encode())
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    owner = (account.uid, account.gid) if account.switches else None
+    _write_private_file(path, "".join(lines).encode(), owner)  # type: ignore[arg-type]
 
 
 def _redact(text: str, password: str | None) -> str:
