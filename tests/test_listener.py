@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -229,6 +231,39 @@ def test_stops_within_two_seconds_losing_nothing(spawn, database: Database, sign
     sent = database.sent()
     assert len(sent) == len(set(sent))
     assert set(sent) | database.pending("tick") == set(inserted)
+    assert "Traceback" not in listener.output
+
+
+@pytest.fixture
+def silent_server() -> Iterator[tuple[int, list[socket.socket]]]:
+    """A TCP server on a free port that accepts connections and never answers."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # closed at teardown
+            while True:
+                accepted.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield server.getsockname()[1], accepted
+    server.close()
+    for connection in accepted:
+        connection.close()
+
+
+def test_stops_within_two_seconds_while_connecting_to_a_silent_server(
+    spawn, silent_server: tuple[int, list[socket.socket]]
+) -> None:
+    port, accepted = silent_server
+    listener = spawn(LISTENER_DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:{port}/x")
+    wait_until(lambda: accepted, what="the listener to connect")
+    started = time.monotonic()
+    listener.process.send_signal(signal.SIGTERM)
+    status = listener.wait(timeout=10)
+    elapsed = time.monotonic() - started
+    assert status == 0, listener.output
+    assert elapsed < 2.0
     assert "Traceback" not in listener.output
 
 
