@@ -729,6 +729,8 @@ class Publisher:
         if link is not None:
             if link.is_usable():
                 return link, True
+            if link.error is not None:  # e.g. closed by the broker while idle
+                logger.warning("%s; reconnecting", link.error)
             self._discard(graceful=False)
         link = _Link(self._parameters, self._name, self._secrets)
         self._local.link = link

@@ -332,7 +332,9 @@ def test_dead_connection_found_while_publishing_is_replaced(
     assert [body for _, body in drain(amqp_channel, amqp_queue, 2)] == [b"before", b"after"]
 
 
-def test_connection_closed_by_broker_reconnects(amqp_vhost_url: str) -> None:
+def test_connection_closed_by_broker_reconnects(
+    amqp_vhost_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     vhost = pika.URLParameters(amqp_vhost_url).virtual_host
     admin = pika.BlockingConnection(pika.URLParameters(amqp_vhost_url))
     channel = admin.channel()
@@ -351,6 +353,8 @@ def test_connection_closed_by_broker_reconnects(amqp_vhost_url: str) -> None:
     finally:
         admin.close()
     assert [body for _, body in got] == [b"before", b"after"]
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("signalbus")]
+    assert any("CONNECTION_FORCED" in message for message in ours)  # not only in pika's logs
 
 
 # -- URLs and configuration ----------------------------------------------------------------
