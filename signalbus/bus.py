@@ -12,16 +12,13 @@ from sqlalchemy.engine import Engine
 
 from .atomic import check_mixed_into_sqlalchemy, check_mixin_order
 from .config import DEFAULT_CONFIG
-from .conninfo import TCP_OPTIONS
+from .conninfo import connection_defaults
 from .flush import ModelFlusher
 from .triggers import payload_name
 
 __all__ = ["SignalBus", "SignalBusMixin", "get_models_to_flush", "table_name"]
 
 logger = logging.getLogger(__name__)
-
-#: SQLAlchemy drivers built on libpq, which take :data:`~signalbus.conninfo.TCP_OPTIONS`.
-LIBPQ_DRIVERS = frozenset({"psycopg", "psycopg2"})
 
 
 class SignalBus:
@@ -145,9 +142,11 @@ class SignalBusMixin:
 
     def _apply_driver_defaults(self, options: dict[str, Any], app: Any) -> None:
         # A flush stuck on a dead connection would stall its model for hours with
-        # libpq's defaults; TCP_OPTIONS give up within about 30 s.
-        if sa.make_url(options["url"]).get_driver_name() in LIBPQ_DRIVERS:
-            options["connect_args"] = {**TCP_OPTIONS, **options.get("connect_args", {})}
+        # libpq's defaults; these give up within about 30 s.
+        url = sa.make_url(options["url"])
+        if url.get_driver_name() == "psycopg":
+            defaults = connection_defaults(url)
+            options["connect_args"] = {**defaults, **options.get("connect_args", {})}
         super()._apply_driver_defaults(options, app)  # type: ignore[misc]
 
     def init_app(self, app: Any, *args: Any, **kwargs: Any) -> None:

@@ -157,7 +157,7 @@ def listen_command(signal_names: tuple[str, ...], sweep_interval: float | None) 
         listener = Listener(
             get_signalbus(),
             models,
-            channel=check_channel(config["SIGNALBUS_CHANNEL"]),
+            channel=check_channel(config["SIGNALBUS_CHANNEL"], "SIGNALBUS_CHANNEL"),
             sweep_interval=sweep_interval
             or check_seconds("SIGNALBUS_SWEEP_INTERVAL", config["SIGNALBUS_SWEEP_INTERVAL"]),
             probe_interval=check_seconds(

@@ -56,7 +56,7 @@ from .config import (
     check_channel,
     check_seconds,
 )
-from .conninfo import TCP_OPTIONS, libpq_conninfo
+from .conninfo import connection_defaults, libpq_conninfo
 from .errors import one_line
 
 __all__ = ["APPLICATION_NAME", "Listener", "listen_conninfo"]
@@ -65,13 +65,6 @@ logger = logging.getLogger(__name__)
 
 #: ``application_name`` of the LISTEN connections (as seen in ``pg_stat_activity``).
 APPLICATION_NAME = "signalbus-listener"
-
-#: libpq options of the LISTEN connections.
-CONNECTION_OPTIONS: dict[str, Any] = {
-    "application_name": APPLICATION_NAME,
-    "connect_timeout": 5,
-    **TCP_OPTIONS,
-}
 
 #: Seconds at most between two retries of a failing model or connection.
 MAX_BACKOFF = 30.0
@@ -87,7 +80,8 @@ _LOGGED_PAYLOAD_CHARS = 64
 
 def listen_conninfo(url: URL) -> str:
     """Return the libpq conninfo of a LISTEN connection to the database of *url*."""
-    return libpq_conninfo(url, **CONNECTION_OPTIONS)
+    options = connection_defaults(url, application_name=APPLICATION_NAME, connect_timeout=5)
+    return libpq_conninfo(url, **options)
 
 
 class Listener:
@@ -196,9 +190,12 @@ class Listener:
                 self._receive(subscription)
 
     def _connect(self, subscription: _Subscription) -> None:
-        self._connecting = True
         try:
-            subscription.connect()
+            self._connecting = True
+            try:
+                subscription.connect()
+            finally:
+                self._connecting = False
         except psycopg.Error as error:
             delay = subscription.schedule_retry()
             logger.warning(
@@ -208,8 +205,6 @@ class Listener:
                 delay,
             )
             return
-        finally:
-            self._connecting = False
         if subscription.connections == 1:
             logger.info(
                 "Now listening on channel %r of %s for %s.",
@@ -271,6 +266,7 @@ class Listener:
             self._stop_reason = signal.Signals(signum).name
             self._wake_pipe.wake()
             if self._connecting:  # connecting to a silent server may take connect_timeout
+                self._connecting = False  # once: a second signal must not raise again
                 raise _Interrupted
 
         previous = {signum: signal.signal(signum, handle) for signum in _STOP_SIGNALS}

@@ -46,7 +46,7 @@ import pika.exceptions
 from pika.adapters.select_connection import IOLoop, SelectConnection
 from pika.spec import Basic
 
-from .config import DEFAULT_RABBITMQ_TIMEOUT
+from .config import DEFAULT_RABBITMQ_TIMEOUT, check_seconds
 
 __all__ = [
     "CONFIG_TIMEOUT_KEY",
@@ -673,8 +673,7 @@ class Publisher:
     """
 
     def __init__(self, url: str, *, timeout: float = DEFAULT_RABBITMQ_TIMEOUT) -> None:
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        timeout = check_seconds("timeout", timeout)
         self._secrets = _url_secrets(url)
         self._name = redact_url(url)
         self._parameters = _parse_url(url, self._secrets)
@@ -769,4 +768,6 @@ def publisher_from_config(config: Mapping[str, Any]) -> Publisher:
             "e.g. amqp://user:password@localhost:5672/%2F"
         )
     timeout = config.get(CONFIG_TIMEOUT_KEY)
-    return Publisher(url, timeout=DEFAULT_RABBITMQ_TIMEOUT if timeout is None else float(timeout))
+    if timeout is None:
+        return Publisher(url)
+    return Publisher(url, timeout=check_seconds(CONFIG_TIMEOUT_KEY, timeout))

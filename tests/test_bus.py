@@ -262,6 +262,17 @@ def test_engine_connect_args_win_over_the_tcp_defaults(database_url: str) -> Non
     assert parameters["keepalives_count"] == "3"
 
 
+def test_libpq_settings_in_the_url_win_over_the_defaults(database_url: str) -> None:
+    app = Flask(__name__)
+    app.config["SQLALCHEMY_DATABASE_URI"] = f"{database_url}?keepalives_idle=300"
+    db.init_app(app)
+    with app.app_context(), db.engine.connect() as connection:
+        parameters = connection.connection.driver_connection.info.get_parameters()
+        db.engine.dispose()
+    assert parameters["keepalives_idle"] == "300"
+    assert parameters["connect_timeout"] == "10"
+
+
 def kill_flush_connections(database_url: str) -> None:
     """Terminate the backends running a burst statement, as a crash or a network cut would."""
     with psycopg.connect(libpq_conninfo(database_url), autocommit=True) as admin:

@@ -397,3 +397,10 @@ def test_publisher_from_config(amqp_url: str) -> None:
     assert publisher.url == redact_url(amqp_url)
     with pytest.raises(KeyError, match="SIGNALBUS_RABBITMQ_URL"):
         publisher_from_config({})
+
+
+@pytest.mark.parametrize("timeout", ["abc", "nan", float("inf"), 0, True])
+def test_publisher_from_config_checks_the_timeout(amqp_url: str, timeout: object) -> None:
+    config = {"SIGNALBUS_RABBITMQ_URL": amqp_url, "SIGNALBUS_RABBITMQ_TIMEOUT": timeout}
+    with pytest.raises(ValueError, match="SIGNALBUS_RABBITMQ_TIMEOUT must be a positive number"):
+        publisher_from_config(config)
