@@ -644,6 +644,10 @@ def _connect(
     )
 
 
+#: libpq's words when the server asks for a password and none was given.
+_NO_PASSWORD = "no password supplied"
+
+
 def _require_password(server: EmbeddedPostgres) -> str:
     """Make sure the server refuses connections without password; return the password.
 
@@ -652,7 +656,12 @@ def _require_password(server: EmbeddedPostgres) -> str:
     """
     try:
         conn = _connect(server, None)
-    except psycopg.OperationalError as exc:  # refused: password authentication is in force
+    except psycopg.OperationalError as exc:
+        if _NO_PASSWORD not in str(exc):  # not the refusal we expect ("too many clients"...)
+            raise EmbeddedPostgresError(
+                f"cannot connect to the embedded PostgreSQL in {server.pgdata}: "
+                f"{_redact(str(exc), server.password).strip()}"
+            ) from None
         if server.password is None:
             path = server.data_dir / PASSWORD_NAME
             raise EmbeddedPostgresError(
