@@ -41,6 +41,7 @@ from flask.cli import NoAppException
 from flask.testing import FlaskClient
 
 from signalbus.bus import table_name
+from signalbus.conninfo import display_url
 from signalbus.errors import one_line
 from signalbus.listener import Listener
 from signalbus.rabbitmq import CONFIG_URL_KEY, Message, redact_url
@@ -151,7 +152,7 @@ def open_database(stack: ExitStack) -> str:
 def describe_database(uri: str) -> str:
     """Return database URI *uri* fit for printing: its password replaced by ``***``."""
     try:
-        return sa.make_url(uri).render_as_string(hide_password=True)
+        return display_url(uri)
     except sa.exc.ArgumentError:
         return "<unparsable URL>"
 

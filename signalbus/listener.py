@@ -56,7 +56,7 @@ from .config import (
     check_channel,
     check_seconds,
 )
-from .conninfo import connection_defaults, libpq_conninfo
+from .conninfo import connection_defaults, display_url, libpq_conninfo, url_passwords
 from .errors import one_line
 
 __all__ = ["APPLICATION_NAME", "Listener", "listen_conninfo"]
@@ -124,7 +124,9 @@ class Listener:
         self._connecting = False
         self._tables = signalbus.get_signal_tables()
         engines = {model: signalbus.engine_for(model) for model in served}
-        self._redact = _redactor(engine.url.password for engine in engines.values())
+        self._redact = _redactor(
+            password for engine in engines.values() for password in url_passwords(engine.url)
+        )
         self._flushers = {
             model: _Flusher(
                 signalbus, model, app, self._stopping, sweep_interval, max_backoff, self._redact
@@ -335,7 +337,7 @@ class _Subscription:
     def __init__(self, engine: Engine, channel: str, models: list[type], max_backoff: float):
         self.engine = engine
         self.conninfo = listen_conninfo(engine.url)
-        self.description = engine.url.render_as_string(hide_password=True)
+        self.description = display_url(engine.url)
         self.channel = channel
         self.models = models
         self.connection: psycopg.Connection | None = None
