@@ -70,13 +70,17 @@ class Database:
         return {row[0] for row in self.execute(f"SELECT id FROM {table}")}
 
     def sent(self, model: str = "Tick") -> list[int]:
-        if not self.sent_file.exists():
-            return []
-        lines = self.sent_file.read_text().splitlines()
-        return [int(line.split()[1]) for line in lines if line.split()[0] == model]
+        return [int(fields[1]) for fields in self._sent_lines() if fields[0] == model]
 
     def senders(self) -> set[str]:
-        return {line.split()[2] for line in self.sent_file.read_text().splitlines()}
+        return {fields[2] for fields in self._sent_lines()}
+
+    def _sent_lines(self) -> list[list[str]]:
+        """The complete lines of the sent file: a listener may be writing the last one."""
+        if not self.sent_file.exists():
+            return []
+        text = self.sent_file.read_text()
+        return [line.split() for line in text[: text.rfind("\n") + 1].splitlines()]
 
     def listener_pids(self) -> set[int]:
         query = (
