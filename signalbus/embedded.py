@@ -637,7 +637,9 @@ def _connect(
         port=server.port,
         user=server.user,
         password=password or "",
-        passfile=os.devnull,
+        # A file that never exists: ~/.pgpass is not read, and libpq says nothing
+        # (for /dev/null it warns that it is not a plain file).
+        passfile=str(server.data_dir / ".no-pgpass"),
         dbname=dbname,
         autocommit=True,
         connect_timeout=10,
