@@ -47,14 +47,13 @@ def create_schema(database_url: str) -> None:
     """Create the reference app's tables and their notification triggers."""
     from refapp import create_app
     from refapp.models import db
-    from signalbus.triggers import install_trigger
+    from signalbus.triggers import check_signal_triggers
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": database_url})
     with app.app_context():
         db.create_all()
-        with db.engine.begin() as connection:
-            for table in db.signalbus.get_signal_tables():
-                install_trigger(connection, table)
+        tables = db.signalbus.get_signal_tables()
+        check_signal_triggers(db, tables, app.config["SIGNALBUS_CHANNEL"], install=True)
         db.engine.dispose()
 
 

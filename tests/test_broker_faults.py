@@ -26,7 +26,7 @@ import pytest
 from refapp import create_app
 from refapp.models import db
 from signalbus.conninfo import libpq_conninfo
-from signalbus.triggers import install_trigger
+from signalbus.triggers import check_signal_triggers
 from tests.processes import FLASK, OutputProcess
 from tests.rabbitmq_fixtures import rabbitmqctl
 from tests.waiting import wait_until
@@ -80,9 +80,8 @@ def database(database_url: str) -> Iterator[Database]:
     app = create_app({"SQLALCHEMY_DATABASE_URI": database_url})
     with app.app_context():
         db.create_all()
-        with db.engine.begin() as connection:
-            for table in db.signalbus.get_signal_tables():
-                install_trigger(connection, table)
+        tables = db.signalbus.get_signal_tables()
+        check_signal_triggers(db, tables, app.config["SIGNALBUS_CHANNEL"], install=True)
         db.engine.dispose()
     database = Database(database_url)
     yield database
