@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -57,6 +58,17 @@ class PgServer:
         """Database the janitor connects to in order to create/drop databases."""
         return self.dbname
 
+    def connect(self, **options: Any) -> psycopg.Connection:
+        """Connect to the maintenance database; *options* go to :func:`psycopg.connect`."""
+        return psycopg.connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            dbname=self.dbname,
+            **options,
+        )
+
     def url(self, dbname: str | None = None) -> str:
         """SQLAlchemy URL (``postgresql+psycopg://...``) of ``dbname`` on this server."""
         return _sqlalchemy_url(
@@ -82,14 +94,7 @@ def server_from_url(url: str) -> PgServer:
 def server_answers(server: PgServer, timeout: int = 2) -> bool:
     """Whether ``server`` accepts a connection."""
     try:
-        psycopg.connect(
-            host=server.host,
-            port=server.port,
-            user=server.user,
-            password=server.password,
-            dbname=server.dbname,
-            connect_timeout=timeout,
-        ).close()
+        server.connect(connect_timeout=timeout).close()
     except psycopg.Error:
         return False
     return True

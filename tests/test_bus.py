@@ -250,25 +250,28 @@ def test_engines_give_up_on_a_dead_peer() -> None:
     assert parameters["tcp_user_timeout"] == "15000"
 
 
-def test_engine_connect_args_win_over_the_tcp_defaults(database_url: str) -> None:
+def libpq_parameters(**config: Any) -> dict[str, str]:
+    """The libpq parameters of a connection of an app configured with *config*."""
     app = Flask(__name__)
-    app.config["SQLALCHEMY_DATABASE_URI"] = database_url
-    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"connect_args": {"keepalives_idle": 99}}
+    app.config.update(config)
     db.init_app(app)
     with app.app_context(), db.engine.connect() as connection:
         parameters = connection.connection.driver_connection.info.get_parameters()
         db.engine.dispose()
+    return parameters
+
+
+def test_engine_connect_args_win_over_the_tcp_defaults(database_url: str) -> None:
+    parameters = libpq_parameters(
+        SQLALCHEMY_DATABASE_URI=database_url,
+        SQLALCHEMY_ENGINE_OPTIONS={"connect_args": {"keepalives_idle": 99}},
+    )
     assert parameters["keepalives_idle"] == "99"
     assert parameters["keepalives_count"] == "3"
 
 
 def test_libpq_settings_in_the_url_win_over_the_defaults(database_url: str) -> None:
-    app = Flask(__name__)
-    app.config["SQLALCHEMY_DATABASE_URI"] = f"{database_url}?keepalives_idle=300"
-    db.init_app(app)
-    with app.app_context(), db.engine.connect() as connection:
-        parameters = connection.connection.driver_connection.info.get_parameters()
-        db.engine.dispose()
+    parameters = libpq_parameters(SQLALCHEMY_DATABASE_URI=f"{database_url}?keepalives_idle=300")
     assert parameters["keepalives_idle"] == "300"
     assert parameters["connect_timeout"] == "10"
 

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from signalbus import embedded
+from signalbus.conninfo import libpq_conninfo
 from tests.postgres_fixtures import (
     LOCAL_SERVER,
     PgServer,
@@ -305,13 +306,7 @@ def test_embedded_fallback_server_carries_the_password(tmp_path: Path) -> None:
     with embedded_pg_server(tmp_path / "postgres") as server:
         assert server.password and server.dbname == "postgres"
         assert make_url(server.url()).password == server.password
-        with psycopg.connect(
-            host=server.host,
-            port=server.port,
-            user=server.user,
-            password=server.password,
-            dbname=server.maintenance_dbname,
-        ) as conn:
+        with server.connect() as conn:
             assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
 
 
@@ -330,7 +325,7 @@ def test_database_url_is_a_fresh_database(database_url: str, run: int) -> None:
     url = make_url(database_url)
     assert url.drivername == "postgresql+psycopg"
     assert url.database not in _seen
-    conn = psycopg.connect(url.set(drivername="postgresql").render_as_string(False))
+    conn = psycopg.connect(libpq_conninfo(url))
     assert conn.execute("SELECT count(*) FROM pg_class WHERE relname = 'leftover'").fetchone() == (
         0,
     )
@@ -342,13 +337,7 @@ def test_database_url_is_a_fresh_database(database_url: str, run: int) -> None:
 
 def test_databases_of_previous_tests_were_dropped(pg_server: PgServer) -> None:
     assert _seen, "runs after test_database_url_is_a_fresh_database, in the same module"
-    with psycopg.connect(
-        host=pg_server.host,
-        port=pg_server.port,
-        user=pg_server.user,
-        password=pg_server.password,
-        dbname=pg_server.dbname,
-    ) as conn:
+    with pg_server.connect() as conn:
         rows = conn.execute(
             "SELECT datname FROM pg_database WHERE datname = ANY(%s)", (_seen,)
         ).fetchall()
