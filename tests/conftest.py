@@ -1,6 +1,14 @@
+"""Fixtures of every tier, and the tier markers.
+
+Each test is marked with the tier its directory names: ``unit`` (no server),
+``integration`` (PostgreSQL and RabbitMQ) or ``faults`` (servers stopped,
+proxies, subprocesses): ``pytest -m unit`` runs only the first.
+"""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -8,6 +16,16 @@ from flask import Flask
 from tests.models import db, recorder
 
 pytest_plugins = ["tests.postgres_fixtures", "tests.rabbitmq_fixtures"]
+
+TIERS = ("unit", "integration", "faults")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = Path(item.path).parent.name
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/{{{','.join(TIERS)}}}/")
+        item.add_marker(tier)
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from signalbus.triggers import install_trigger, installed_triggers, trigger_chan
 from tests.models import db
 from tests.trigger_checks import function_exists
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

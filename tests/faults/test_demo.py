@@ -23,7 +23,7 @@ from signalbus import embedded
 from signalbus.rabbitmq import Message, MessageProperties
 from tests.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COUNT = 10
 PLACED, SHIPPED = 7, 3  # every third message ships an order
 TIMEOUT = 120

@@ -26,7 +26,7 @@ import refapp
 from refapp.models import OrderPlacedSignal, OrderShippedSignal
 from refapp.publishing import DEFAULT_EXCHANGE
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 APP_SERVICES = ("migrate", "web", "listener")
 BIN = Path(sys.executable).parent
 
