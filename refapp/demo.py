@@ -41,16 +41,16 @@ from flask.cli import NoAppException
 from flask.testing import FlaskClient
 
 from signalbus.bus import table_name
-from signalbus.conninfo import display_url
 from signalbus.errors import one_line
-from signalbus.listener import Listener
-from signalbus.rabbitmq import CONFIG_URL_KEY, Message, redact_url
+from signalbus.listener import Listener, listener_from_config
+from signalbus.rabbitmq import CONFIG_URL_KEY, Message
+from signalbus.redaction import redact_url
 
 from . import create_app, database_uri
 from .models import SignalMixin, db
 from .publishing import DEFAULT_EXCHANGE, EXCHANGE_KEY, PUBLISHER_KEY
 
-__all__ = ["Tracker", "describe_broker", "describe_database", "main"]
+__all__ = ["Tracker", "describe_broker", "main"]
 
 #: The database of the embedded server that the demo uses.
 EMBEDDED_DBNAME = "refapp_demo"
@@ -128,7 +128,7 @@ def open_database(stack: ExitStack) -> str:
     """Return the URI of ``$DATABASE_URL``, or of an embedded server started on *stack*."""
     if os.environ.get("DATABASE_URL"):
         uri = database_uri(os.environ["DATABASE_URL"])
-        say(f"database: {describe_database(uri)} (DATABASE_URL)")
+        say(f"database: {redact_url(uri)} (DATABASE_URL)")
         return uri
     try:
         from signalbus import embedded
@@ -147,14 +147,6 @@ def open_database(stack: ExitStack) -> str:
     how = f"started in {time.perf_counter() - started:.2f} s" if server.started else "running"
     say(f"database: {server.display_url} (embedded PostgreSQL, {how}; data in {server.data_dir})")
     return server.url
-
-
-def describe_database(uri: str) -> str:
-    """Return database URI *uri* fit for printing: its password replaced by ``***``."""
-    try:
-        return display_url(uri)
-    except sa.exc.ArgumentError:
-        return "<unparsable URL>"
 
 
 def migrate(app: Flask) -> None:
@@ -325,20 +317,13 @@ def start_listener(stack: ExitStack, app: Flask) -> None:
     """Run the listener of ``flask signalbus listen`` in a thread until *stack* closes."""
     started = time.perf_counter()
     with app.app_context():
-        config = app.config
-        listener = Listener(
-            db.signalbus,
-            channel=config["SIGNALBUS_CHANNEL"],
-            sweep_interval=config["SIGNALBUS_SWEEP_INTERVAL"],
-            probe_interval=config["SIGNALBUS_PROBE_INTERVAL"],
-            app=app,
-        )
+        listener = listener_from_config(db.signalbus, app.config, app=app)
     thread = threading.Thread(target=listener.run, name="signalbus-listener", daemon=True)
     thread.start()
     stack.callback(_stop_listener, listener, thread)
     ready = listener.ready.wait(timeout=10)
     state = "listening" if ready else "not listening yet, the catch-up will find the rows"
-    channel = app.config["SIGNALBUS_CHANNEL"]
+    channel = listener.channel
     say(f"listener: {state} on channel {channel!r} ({time.perf_counter() - started:.2f} s)")
 
 

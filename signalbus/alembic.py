@@ -34,7 +34,7 @@ from alembic.operations.ops import CreateTableOp, DropTableOp, UpgradeOps
 from flask import current_app, has_app_context
 
 from . import triggers
-from .config import DEFAULT_CHANNEL
+from .config import DEFAULT_CHANNEL, channel_setting
 
 __all__ = ["CreateSignalTriggerOp", "DropSignalTriggerOp", "compare_signal_triggers"]
 
@@ -127,7 +127,7 @@ def _drop_signal_trigger(operations: Operations, operation: DropSignalTriggerOp)
 def default_channel() -> str:
     """Return the app's ``SIGNALBUS_CHANNEL`` in an app context, else ``"signalbus"``."""
     if has_app_context():
-        return current_app.config.get("SIGNALBUS_CHANNEL") or DEFAULT_CHANNEL
+        return channel_setting(current_app.config)
     return DEFAULT_CHANNEL
 
 

@@ -13,8 +13,8 @@ from flask.cli import with_appcontext
 from sqlalchemy.exc import DBAPIError
 
 from .bus import SignalBus
-from .config import check_channel, check_seconds
-from .errors import one_line
+from .config import channel_setting
+from .errors import ConfigurationError, one_line
 from .flush import get_burst_count
 
 logger = logging.getLogger(__name__)
@@ -146,25 +146,17 @@ def listen_command(signal_names: tuple[str, ...], sweep_interval: float | None) 
 
     Runs until SIGTERM or SIGINT, then exits once the burst in flight is done.
     """
-    from .listener import Listener
+    from .listener import listener_from_config
 
     models = resolve_signal_models(signal_names)
     if not models:
         raise click.ClickException("There are no signals to listen for.")
     check_burst_counts(models)
-    config = current_app.config
     try:
-        listener = Listener(
-            get_signalbus(),
-            models,
-            channel=check_channel(config["SIGNALBUS_CHANNEL"], "SIGNALBUS_CHANNEL"),
-            sweep_interval=sweep_interval
-            or check_seconds("SIGNALBUS_SWEEP_INTERVAL", config["SIGNALBUS_SWEEP_INTERVAL"]),
-            probe_interval=check_seconds(
-                "SIGNALBUS_PROBE_INTERVAL", config["SIGNALBUS_PROBE_INTERVAL"]
-            ),
+        listener = listener_from_config(
+            get_signalbus(), current_app.config, models, sweep_interval=sweep_interval
         )
-    except ValueError as error:
+    except ConfigurationError as error:
         raise click.ClickException(f"Bad configuration: {error}") from None
     listener.run()
 
@@ -181,13 +173,13 @@ def triggers_command(install: bool) -> None:
     from .triggers import check_signal_triggers
 
     signalbus = get_signalbus()
-    channel = current_app.config["SIGNALBUS_CHANNEL"]
     try:
+        channel = channel_setting(current_app.config)
         statuses = check_signal_triggers(
             signalbus.db, signalbus.get_signal_tables(), channel, install=install
         )
-    except ValueError as error:
-        raise click.ClickException(str(error)) from None
+    except ConfigurationError as error:
+        raise click.ClickException(f"Bad configuration: {error}") from None
     for status in statuses:
         click.echo(f"{status.table} ({status.model.__name__}): {status.describe()}")
     if not all(status.ok for status in statuses):

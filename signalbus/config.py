@@ -1,37 +1,60 @@
-"""The extension's configuration: its keys, their defaults, and their checks.
+"""The extension's configuration: its keys, their defaults, and reading them.
 
-Every key has the ``SIGNALBUS_`` prefix; ``init_app`` sets the defaults that
-the app config lacks.
+Every key has the ``SIGNALBUS_`` prefix and is spelled in this module only.
+``init_app`` sets the defaults that the app config lacks; the readers below
+(:func:`channel_setting`, :func:`listener_settings`,
+:func:`publisher_settings`) take any mapping, use the default for a key that
+is missing or ``None``, and raise :class:`~signalbus.errors.ConfigurationError`
+naming the key for a value signalbus cannot work with.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from .errors import ConfigurationError, MissingSettingError
+
 __all__ = [
+    "CHANNEL",
     "DEFAULT_CHANNEL",
     "DEFAULT_CONFIG",
-    "DEFAULT_PROBE_INTERVAL",
-    "DEFAULT_RABBITMQ_TIMEOUT",
-    "DEFAULT_SWEEP_INTERVAL",
     "MAX_CHANNEL_BYTES",
     "MAX_SECONDS",
+    "PROBE_INTERVAL",
+    "RABBITMQ_TIMEOUT",
+    "RABBITMQ_URL",
+    "SWEEP_INTERVAL",
+    "ListenerSettings",
+    "PublisherSettings",
+    "channel_setting",
     "check_channel",
     "check_seconds",
+    "listener_settings",
+    "publisher_settings",
 ]
 
+#: The channel the triggers notify and the listener listens on.
+CHANNEL = "SIGNALBUS_CHANNEL"
+#: Seconds between the listener's sweeps of every model.
+SWEEP_INTERVAL = "SIGNALBUS_SWEEP_INTERVAL"
+#: Seconds a silent LISTEN connection waits before it is probed.
+PROBE_INTERVAL = "SIGNALBUS_PROBE_INTERVAL"
+#: The broker of :func:`signalbus.rabbitmq.publisher_from_config`.
+RABBITMQ_URL = "SIGNALBUS_RABBITMQ_URL"
+#: Seconds a publish call may take, connecting included.
+RABBITMQ_TIMEOUT = "SIGNALBUS_RABBITMQ_TIMEOUT"
+
 DEFAULT_CHANNEL = "signalbus"
-DEFAULT_SWEEP_INTERVAL = 60.0
-DEFAULT_PROBE_INTERVAL = 60.0
-DEFAULT_RABBITMQ_TIMEOUT = 30.0
 
 DEFAULT_CONFIG: dict[str, Any] = {
-    "SIGNALBUS_CHANNEL": DEFAULT_CHANNEL,
-    "SIGNALBUS_SWEEP_INTERVAL": DEFAULT_SWEEP_INTERVAL,
-    "SIGNALBUS_PROBE_INTERVAL": DEFAULT_PROBE_INTERVAL,
-    "SIGNALBUS_RABBITMQ_URL": None,
-    "SIGNALBUS_RABBITMQ_TIMEOUT": DEFAULT_RABBITMQ_TIMEOUT,
+    CHANNEL: DEFAULT_CHANNEL,
+    SWEEP_INTERVAL: 60.0,
+    PROBE_INTERVAL: 60.0,
+    RABBITMQ_URL: None,
+    RABBITMQ_TIMEOUT: 30.0,
 }
 
 #: PostgreSQL truncates longer identifiers, channel names included.
@@ -40,32 +63,95 @@ MAX_CHANNEL_BYTES = 63
 #: The longest interval or timeout taken, in seconds: a week.
 MAX_SECONDS = 7 * 24 * 3600.0
 
+_RABBITMQ_URL_EXAMPLE = "amqp://user:password@localhost:5672/%2F"
+
+
+@dataclass(frozen=True)
+class ListenerSettings:
+    """What a :class:`~signalbus.listener.Listener` reads from the config."""
+
+    channel: str
+    sweep_interval: float
+    probe_interval: float
+
+
+@dataclass(frozen=True)
+class PublisherSettings:
+    """What a :class:`~signalbus.rabbitmq.Publisher` reads from the config."""
+
+    url: str
+    timeout: float
+
+    def __repr__(self) -> str:
+        from .redaction import redact_url
+
+        return f"PublisherSettings(url={redact_url(self.url)!r}, timeout={self.timeout!r})"
+
+
+def channel_setting(config: Mapping[str, Any]) -> str:
+    """Return the checked ``SIGNALBUS_CHANNEL`` of *config*."""
+    return check_channel(_get(config, CHANNEL), CHANNEL)
+
+
+def listener_settings(
+    config: Mapping[str, Any], *, sweep_interval: float | None = None
+) -> ListenerSettings:
+    """Return the checked listener settings of *config*; *sweep_interval* overrides its key."""
+    if sweep_interval is None:
+        sweep_interval = _get(config, SWEEP_INTERVAL)
+    return ListenerSettings(
+        channel=channel_setting(config),
+        sweep_interval=check_seconds(SWEEP_INTERVAL, sweep_interval),
+        probe_interval=check_seconds(PROBE_INTERVAL, _get(config, PROBE_INTERVAL)),
+    )
+
+
+def publisher_settings(config: Mapping[str, Any]) -> PublisherSettings:
+    """Return the checked publisher settings of *config*.
+
+    Raises :class:`~signalbus.errors.MissingSettingError` (a ``KeyError``) when
+    ``SIGNALBUS_RABBITMQ_URL`` is not set.
+    """
+    url = _get(config, RABBITMQ_URL)
+    if not url:
+        raise MissingSettingError(f"{RABBITMQ_URL} is not set: give the RabbitMQ URL, e.g. "
+                                  f"{_RABBITMQ_URL_EXAMPLE}")  # fmt: skip
+    if not isinstance(url, str):
+        raise ConfigurationError(f"{RABBITMQ_URL} must be a string, not {type(url).__name__}")
+    return PublisherSettings(url, check_seconds(RABBITMQ_TIMEOUT, _get(config, RABBITMQ_TIMEOUT)))
+
 
 def check_channel(channel: Any, name: str = "The channel") -> str:
-    """Return *channel*, or raise :class:`ValueError` if PostgreSQL would not take it.
+    """Return *channel*, or raise :class:`ConfigurationError` if PostgreSQL would not take it.
 
     A bad channel must fail early: in a trigger it would make every ``INSERT``
     into the table fail, and a listener would silently listen on a truncated name.
     *name* is how the message calls it (e.g. the config key).
     """
     if not isinstance(channel, str) or not channel:
-        raise ValueError(f"{name} must be a non-empty string, not {channel!r}")
+        raise ConfigurationError(f"{name} must be a non-empty string, not {channel!r}")
     if len(channel.encode()) > MAX_CHANNEL_BYTES:
-        raise ValueError(f"{name} {channel!r} is longer than {MAX_CHANNEL_BYTES} bytes")
+        raise ConfigurationError(f"{name} {channel!r} is longer than {MAX_CHANNEL_BYTES} bytes")
     return channel
 
 
 def check_seconds(name: str, value: Any) -> float:
-    """Return *value* as a number of seconds up to :data:`MAX_SECONDS`, or raise ValueError.
+    """Return *value* as a number of seconds up to :data:`MAX_SECONDS`.
 
     Numeric strings are taken too: config often comes from the environment.
+    Anything else raises :class:`ConfigurationError` naming *name*.
     """
     try:
         seconds = float(value) if isinstance(value, (int, float, str)) else math.nan
     except (ValueError, OverflowError):
         seconds = math.nan
     if isinstance(value, bool) or not (0 < seconds <= MAX_SECONDS):
-        raise ValueError(
+        raise ConfigurationError(
             f"{name} must be a positive number of seconds, at most {MAX_SECONDS:g}, not {value!r}"
         )
     return seconds
+
+
+def _get(config: Mapping[str, Any], key: str) -> Any:
+    value = config.get(key)
+    return DEFAULT_CONFIG[key] if value is None else value

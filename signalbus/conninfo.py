@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from psycopg import pq
 from psycopg.conninfo import make_conninfo
 
-__all__ = ["connection_defaults", "display_url", "libpq_conninfo", "url_passwords"]
+__all__ = ["connection_defaults", "libpq_conninfo"]
 
 #: The libpq version from which ``tcp_user_timeout`` exists (12).
 _USER_TIMEOUT_SINCE = 120000
@@ -46,23 +46,6 @@ def libpq_conninfo(url: str | sa.URL, **options: Any) -> str:
     libpq_url = sa.make_url(url).set(drivername="postgresql")
     options = _without(options, libpq_url.query)
     return make_conninfo(libpq_url.render_as_string(hide_password=False), **options)
-
-
-def url_passwords(url: str | sa.URL) -> list[str]:
-    """Return the passwords *url* carries: in its password field, or as ``?password=``."""
-    parsed = sa.make_url(url)
-    in_query = parsed.query.get("password")
-    candidates = [parsed.password, *([in_query] if isinstance(in_query, str) else in_query or [])]
-    return [str(password) for password in candidates if password]
-
-
-def display_url(url: str | sa.URL) -> str:
-    """Return *url* fit for a log line: every password it carries replaced by ``***``."""
-    parsed = sa.make_url(url)
-    if "password" not in parsed.query:
-        return parsed.render_as_string(hide_password=True)
-    masked = parsed.update_query_dict({"password": "MASKED"})
-    return masked.render_as_string(hide_password=True).replace("password=MASKED", "password=***")
 
 
 def _without(options: dict[str, Any], keys: Mapping[str, Any]) -> dict[str, Any]:

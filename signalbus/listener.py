@@ -39,7 +39,7 @@ import threading
 import time
 import traceback
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -51,15 +51,18 @@ from .backoff import Backoff
 from .bus import SignalBus
 from .config import (
     DEFAULT_CHANNEL,
-    DEFAULT_PROBE_INTERVAL,
-    DEFAULT_SWEEP_INTERVAL,
+    DEFAULT_CONFIG,
+    PROBE_INTERVAL,
+    SWEEP_INTERVAL,
     check_channel,
     check_seconds,
+    listener_settings,
 )
-from .conninfo import connection_defaults, display_url, libpq_conninfo, url_passwords
+from .conninfo import connection_defaults, libpq_conninfo
 from .errors import one_line
+from .redaction import Redactor, redact_url
 
-__all__ = ["APPLICATION_NAME", "Listener", "listen_conninfo"]
+__all__ = ["APPLICATION_NAME", "Listener", "listen_conninfo", "listener_from_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +87,30 @@ def listen_conninfo(url: URL) -> str:
     return libpq_conninfo(url, **options)
 
 
+def listener_from_config(
+    signalbus: SignalBus,
+    config: Mapping[str, Any],
+    models: Sequence[type] | None = None,
+    *,
+    sweep_interval: float | None = None,
+    app: Any = None,
+) -> Listener:
+    """Create a :class:`Listener` configured by the ``SIGNALBUS_*`` keys of *config*.
+
+    *sweep_interval*, when given, overrides ``SIGNALBUS_SWEEP_INTERVAL``. Raises
+    :class:`~signalbus.errors.ConfigurationError` naming the key of a bad setting.
+    """
+    settings = listener_settings(config, sweep_interval=sweep_interval)
+    return Listener(
+        signalbus,
+        models,
+        channel=settings.channel,
+        sweep_interval=settings.sweep_interval,
+        probe_interval=settings.probe_interval,
+        app=app,
+    )
+
+
 class Listener:
     """Send signal rows as soon as a notification announces them.
 
@@ -100,8 +127,8 @@ class Listener:
         models: Sequence[type] | None = None,
         *,
         channel: str = DEFAULT_CHANNEL,
-        sweep_interval: float = DEFAULT_SWEEP_INTERVAL,
-        probe_interval: float = DEFAULT_PROBE_INTERVAL,
+        sweep_interval: float = DEFAULT_CONFIG[SWEEP_INTERVAL],
+        probe_interval: float = DEFAULT_CONFIG[PROBE_INTERVAL],
         max_backoff: float = MAX_BACKOFF,
         app: Any = None,
     ) -> None:
@@ -124,9 +151,7 @@ class Listener:
         self._connecting = False
         self._tables = signalbus.get_signal_tables()
         engines = {model: signalbus.engine_for(model) for model in served}
-        self._redact = _redactor(
-            password for engine in engines.values() for password in url_passwords(engine.url)
-        )
+        self._redact = Redactor.for_urls(*(engine.url for engine in engines.values()))
         self._flushers = {
             model: _Flusher(
                 signalbus, model, app, self._stopping, sweep_interval, max_backoff, self._redact
@@ -337,7 +362,7 @@ class _Subscription:
     def __init__(self, engine: Engine, channel: str, models: list[type], max_backoff: float):
         self.engine = engine
         self.conninfo = listen_conninfo(engine.url)
-        self.description = display_url(engine.url)
+        self.description = redact_url(engine.url)
         self.channel = channel
         self.models = models
         self.connection: psycopg.Connection | None = None
@@ -525,20 +550,6 @@ def _group_by_engine(engines: dict[type, Engine]) -> dict[Engine, list[type]]:
     for model, engine in engines.items():
         groups.setdefault(engine, []).append(model)
     return groups
-
-
-def _redactor(passwords: Iterable[str | None]) -> Callable[[str], str]:
-    """Return a function replacing every one of *passwords* in a text by ``***``."""
-    from urllib.parse import quote
-
-    secrets = {form for pw in passwords if pw for form in (pw, quote(pw, safe=""))}
-
-    def redact(text: str) -> str:
-        for secret in secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    return redact
 
 
 def _is_connection_error(error: DBAPIError) -> bool:

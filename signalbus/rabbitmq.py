@@ -39,14 +39,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import pika
 import pika.exceptions
 from pika.adapters.select_connection import IOLoop, SelectConnection
 from pika.spec import Basic
 
-from .config import DEFAULT_RABBITMQ_TIMEOUT, check_seconds
+from . import config
+from .config import check_seconds
+from .redaction import redact_url
 
 __all__ = [
     "CONFIG_TIMEOUT_KEY",
@@ -68,10 +70,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CONFIG_URL_KEY = "SIGNALBUS_RABBITMQ_URL"
+CONFIG_URL_KEY = config.RABBITMQ_URL
 """Flask config key holding the broker URL (``amqp://`` or ``amqps://``)."""
 
-CONFIG_TIMEOUT_KEY = "SIGNALBUS_RABBITMQ_TIMEOUT"
+CONFIG_TIMEOUT_KEY = config.RABBITMQ_TIMEOUT
 """Optional Flask config key: seconds a publish call may take (default 30)."""
 
 TRANSIENT = 1
@@ -79,6 +81,8 @@ TRANSIENT = 1
 
 PERSISTENT = 2
 """``delivery_mode`` of a message a durable queue writes to disk (the default)."""
+
+_DEFAULT_TIMEOUT: float = config.DEFAULT_CONFIG[config.RABBITMQ_TIMEOUT]
 
 _CLOSE_TIMEOUT = 5.0
 """Longest wait, in seconds, for a graceful close of a connection being discarded."""
@@ -234,27 +238,6 @@ _RESPONSIVE_BROKER_ERRORS = (ChannelClosed, MessageNacked, MessageReturned)
 
 # ---------------------------------------------------------------------------------------
 # URLs and secrets
-
-
-def redact_url(url: str) -> str:
-    """Return ``url`` with its password replaced by ``***``, fit for logs and errors.
-
-    >>> redact_url("amqp://user:secret@host:5672/%2F")
-    'amqp://user:***@host:5672/%2F'
-
-    A URL without a password is returned unchanged. The password must be
-    percent-encoded as RFC 3986 requires (as pika does too); a string that cannot be
-    parsed as a URL becomes ``"<unparsable URL>"``.
-    """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    userinfo, at, hostinfo = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
 
 
 def _url_secrets(url: str) -> tuple[str, ...]:
@@ -672,7 +655,7 @@ class Publisher:
     Safe to share between threads: each thread uses its own connection.
     """
 
-    def __init__(self, url: str, *, timeout: float = DEFAULT_RABBITMQ_TIMEOUT) -> None:
+    def __init__(self, url: str, *, timeout: float = _DEFAULT_TIMEOUT) -> None:
         timeout = check_seconds("timeout", timeout)
         self._secrets = _url_secrets(url)
         self._name = redact_url(url)
@@ -752,7 +735,7 @@ class Publisher:
             link.close(graceful=graceful)
 
 
-def publisher_from_config(config: Mapping[str, Any]) -> Publisher:
+def publisher_from_config(mapping: Mapping[str, Any]) -> Publisher:
     """Create a :class:`Publisher` from a Flask-style config mapping.
 
     Reads :data:`CONFIG_URL_KEY` (``SIGNALBUS_RABBITMQ_URL``, required) and
@@ -761,13 +744,5 @@ def publisher_from_config(config: Mapping[str, Any]) -> Publisher:
     :raises KeyError: the URL is not configured.
     :raises ValueError: the URL or the timeout is invalid (the message is redacted).
     """
-    url = config.get(CONFIG_URL_KEY)
-    if not url:
-        raise KeyError(
-            f"{CONFIG_URL_KEY} is not set: give the RabbitMQ URL, "
-            "e.g. amqp://user:password@localhost:5672/%2F"
-        )
-    timeout = config.get(CONFIG_TIMEOUT_KEY)
-    if timeout is None:
-        return Publisher(url)
-    return Publisher(url, timeout=check_seconds(CONFIG_TIMEOUT_KEY, timeout))
+    settings = config.publisher_settings(mapping)
+    return Publisher(settings.url, timeout=settings.timeout)

@@ -262,4 +262,5 @@ def test_triggers_command_reports_bad_channel_without_traceback(app: Flask) -> N
     app.config["SIGNALBUS_CHANNEL"] = "x" * 100
     code, output = run_triggers_command(app, "--install")
     assert code == 1
-    assert output.startswith("Error: The channel") and "Traceback" not in output
+    assert output.startswith("Error: Bad configuration: SIGNALBUS_CHANNEL 'xxx")
+    assert "Traceback" not in output

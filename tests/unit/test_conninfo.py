@@ -1,25 +1,11 @@
-"""libpq settings and URLs fit for log lines."""
+"""The libpq settings of signalbus's connections."""
 
 from __future__ import annotations
 
 import psycopg
 import pytest
 
-from signalbus.conninfo import connection_defaults, display_url, libpq_conninfo, url_passwords
-
-URL = "postgresql+psycopg://user:pw-one@db.example:6543/shop?password=pw-two&sslmode=require"
-
-
-def test_display_url_hides_every_password() -> None:
-    shown = display_url(URL)
-    assert "pw-one" not in shown and "pw-two" not in shown
-    assert shown.startswith("postgresql+psycopg://user:***@db.example:6543/shop?")
-    assert "password=***" in shown and "sslmode=require" in shown
-
-
-def test_url_passwords() -> None:
-    assert url_passwords(URL) == ["pw-one", "pw-two"]
-    assert url_passwords("postgresql://db/shop") == []
+from signalbus.conninfo import connection_defaults, libpq_conninfo
 
 
 def test_libpq_conninfo_keeps_what_the_url_says() -> None:
