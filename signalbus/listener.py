@@ -1,7 +1,8 @@
 """The LISTEN loop: wake-ups, sweeps, reconnects, backoff and shutdown.
 
-A :class:`Listener` keeps one autocommit psycopg connection per database
-``LISTEN``-ing on the signal channel. The triggers notify that channel with
+A :class:`Listener` keeps one :class:`~signalbus.notifications.Subscription`
+per database: a connection ``LISTEN``-ing on the signal channel. The triggers
+notify that channel with
 the name of the table that got rows; the listener maps the name to a signal
 model and asks that model's *flusher* to flush it with
 :meth:`SignalBus.flush_model`. Notifications are only hints (a lost one
@@ -9,8 +10,9 @@ costs latency, never a row): every model is also flushed once after each
 (re)connect and then every ``sweep_interval`` seconds.
 
 Each served model has its own flusher thread, so a model whose send fails or
-hangs never delays the others. A failing model is retried with capped,
-jittered exponential backoff; its rows stay in the table meanwhile.
+hangs never delays the others; its :class:`~signalbus.schedule.FlushSchedule`
+says when a flush is due. A failing model is retried with capped, jittered
+exponential backoff; its rows stay in the table meanwhile.
 
 A LISTEN connection silent for ``probe_interval`` seconds is probed with
 ``SELECT 1``, which must be answered within :data:`PROBE_TIMEOUT` seconds (a
@@ -24,27 +26,23 @@ interval.
 bursts; a burst still being sent after :data:`SHUTDOWN_GRACE` seconds is left
 to be rolled back when the process exits.
 
-The listener runs no SQL but ``LISTEN`` and its liveness probe; everything
+The listener runs no SQL: its subscriptions ``LISTEN`` and probe, everything
 else goes through the bus.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import select
 import signal
 import threading
 import time
 import traceback
-import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import psycopg
-from psycopg import pq, sql
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from .backoff import Backoff
@@ -58,16 +56,14 @@ from .config import (
     check_seconds,
     listener_settings,
 )
-from .conninfo import connection_defaults, libpq_conninfo
 from .errors import one_line
-from .redaction import Redactor, redact_url
+from .notifications import Subscription, WakePipe
+from .redaction import Redactor
+from .schedule import FlushSchedule
 
-__all__ = ["APPLICATION_NAME", "Listener", "listen_conninfo", "listener_from_config"]
+__all__ = ["Listener", "listener_from_config"]
 
 logger = logging.getLogger(__name__)
-
-#: ``application_name`` of the LISTEN connections (as seen in ``pg_stat_activity``).
-APPLICATION_NAME = "signalbus-listener"
 
 #: Seconds at most between two retries of a failing model or connection.
 MAX_BACKOFF = 30.0
@@ -79,12 +75,6 @@ PROBE_TIMEOUT = 10.0
 SHUTDOWN_GRACE = 1.5
 
 _LOGGED_PAYLOAD_CHARS = 64
-
-
-def listen_conninfo(url: URL) -> str:
-    """Return the libpq conninfo of a LISTEN connection to the database of *url*."""
-    options = connection_defaults(url, application_name=APPLICATION_NAME, connect_timeout=5)
-    return libpq_conninfo(url, **options)
 
 
 def listener_from_config(
@@ -146,7 +136,7 @@ class Listener:
         #: Set once every database's connection has run its first ``LISTEN``.
         self.ready = threading.Event()
         self._stopping = threading.Event()
-        self._wake_pipe = _WakePipe()
+        self._wake_pipe = WakePipe()
         self._stop_reason = ""
         self._connecting = False
         self._tables = signalbus.get_signal_tables()
@@ -154,12 +144,17 @@ class Listener:
         self._redact = Redactor.for_urls(*(engine.url for engine in engines.values()))
         self._flushers = {
             model: _Flusher(
-                signalbus, model, app, self._stopping, sweep_interval, max_backoff, self._redact
+                signalbus,
+                model,
+                app,
+                self._stopping,
+                FlushSchedule(sweep_interval, Backoff(0.5, max_backoff)),
+                self._redact,
             )
             for model in served
         }
         self._subscriptions = [
-            _Subscription(engine, channel, group, max_backoff)
+            Subscription(engine, channel, group, max_backoff)
             for engine, group in _group_by_engine(engines).items()
         ]
 
@@ -201,7 +196,7 @@ class Listener:
         if self._stop_reason:
             logger.info("Received %s; stopping.", self._stop_reason)
 
-    def _tend(self, subscription: _Subscription) -> None:
+    def _tend(self, subscription: Subscription) -> None:
         """Connect a subscription that is due to, or probe one that has been silent."""
         now = time.monotonic()
         if subscription.connection is None:
@@ -216,7 +211,7 @@ class Listener:
             else:
                 self._receive(subscription)
 
-    def _connect(self, subscription: _Subscription) -> None:
+    def _connect(self, subscription: Subscription) -> None:
         try:
             self._connecting = True
             try:
@@ -249,7 +244,7 @@ class Listener:
             self.ready.set()
         self._receive(subscription)
 
-    def _receive(self, subscription: _Subscription) -> None:
+    def _receive(self, subscription: Subscription) -> None:
         try:
             payloads = subscription.receive()
         except psycopg.Error as error:
@@ -257,7 +252,7 @@ class Listener:
             return
         self._dispatch(payloads)
 
-    def _lost(self, subscription: _Subscription, error: psycopg.Error) -> None:
+    def _lost(self, subscription: Subscription, error: psycopg.Error) -> None:
         subscription.close()
         delay = subscription.schedule_retry()
         logger.warning(
@@ -325,127 +320,8 @@ class _Interrupted(BaseException):
     """A stop signal arrived while the main thread was connecting."""
 
 
-class _WakePipe:
-    """A self-pipe: :meth:`wake` makes a ``select()`` on it return.
-
-    Open for its owner's lifetime, since a wake-up may come after the loop ended.
-    """
-
-    def __init__(self) -> None:
-        self._read, self._write = os.pipe()
-        os.set_blocking(self._read, False)
-        os.set_blocking(self._write, False)
-        weakref.finalize(self, _close_all, self._read, self._write)
-
-    def fileno(self) -> int:
-        return self._read
-
-    def wake(self) -> None:
-        """Async-signal-safe and thread-safe."""
-        with contextlib.suppress(OSError):  # a full pipe: a wake-up is pending anyway
-            os.write(self._write, b"\0")
-
-    def drain(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self._read, 512):
-                pass
-
-
-def _close_all(*fds: int) -> None:
-    for fd in fds:
-        os.close(fd)
-
-
-class _Subscription:
-    """One LISTEN connection: to the database of *engine*, for the models stored there."""
-
-    def __init__(self, engine: Engine, channel: str, models: list[type], max_backoff: float):
-        self.engine = engine
-        self.conninfo = listen_conninfo(engine.url)
-        self.description = redact_url(engine.url)
-        self.channel = channel
-        self.models = models
-        self.connection: psycopg.Connection | None = None
-        self.connections = 0
-        self.retry_at = 0.0
-        self.last_heard = 0.0
-        self._backoff = Backoff(0.1, max_backoff)
-
-    def fileno(self) -> int:
-        assert self.connection is not None
-        return self.connection.fileno()
-
-    def connect(self) -> None:
-        connection = psycopg.connect(self.conninfo, autocommit=True)
-        try:
-            connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
-        except BaseException:
-            connection.close()
-            raise
-        self.connection = connection
-        self.connections += 1
-        self.last_heard = time.monotonic()
-        self._backoff.reset()
-
-    def receive(self) -> list[str]:
-        """Return the payloads of every notification already received, without waiting."""
-        assert self.connection is not None
-        pgconn = self.connection.pgconn
-        pgconn.consume_input()  # raises if the connection is gone
-        payloads = []
-        while (notify := pgconn.notifies()) is not None:
-            payloads.append(notify.extra.decode(self.connection.info.encoding, "replace"))
-        self.last_heard = time.monotonic()
-        return payloads
-
-    def probe(self, timeout: float, wake_fd: int) -> None:
-        """Check that the server answers ``SELECT 1`` within *timeout* seconds.
-
-        A half-open connection fails here, whatever TCP thinks of it. Readable
-        *wake_fd* (the listener is stopping) ends the wait early. Notifications
-        received meanwhile stay queued for :meth:`receive`.
-        """
-        assert self.connection is not None
-        pgconn = self.connection.pgconn
-        deadline = time.monotonic() + timeout
-        pgconn.send_query(b"SELECT 1")
-        while pgconn.flush():
-            if not _wait_for(pgconn.socket, wake_fd, deadline, write=True):
-                return self._probe_failed(timeout, wake_fd)
-        while True:
-            if pgconn.is_busy():  # get_result() would block
-                if not _wait_for(pgconn.socket, wake_fd, deadline):
-                    return self._probe_failed(timeout, wake_fd)
-                pgconn.consume_input()
-            elif (result := pgconn.get_result()) is None:
-                return None
-            elif result.status != pq.ExecStatus.TUPLES_OK:
-                message = result.error_message.decode(errors="replace").strip()
-                raise psycopg.OperationalError(f"the probe failed: {message}")
-
-    def _probe_failed(self, timeout: float, wake_fd: int) -> None:
-        if _readable(wake_fd):
-            return  # stopping: the connection is closed anyway
-        raise psycopg.OperationalError(f"no answer to a probe within {timeout:g} s")
-
-    def next_deadline(self, probe_interval: float) -> float:
-        if self.connection is None:
-            return self.retry_at
-        return self.last_heard + probe_interval
-
-    def schedule_retry(self) -> float:
-        delay = self._backoff.next()
-        self.retry_at = time.monotonic() + delay
-        return delay
-
-    def close(self) -> None:
-        if self.connection is not None:
-            self.connection.close()
-            self.connection = None
-
-
 class _Flusher:
-    """The thread flushing one model: on request, on its sweep schedule, or on retry."""
+    """The thread flushing one model when its :class:`FlushSchedule` says so."""
 
     def __init__(
         self,
@@ -453,21 +329,16 @@ class _Flusher:
         model: type,
         app: Any,
         stopping: threading.Event,
-        sweep_interval: float,
-        max_backoff: float,
-        redact: Callable[[str], str],
+        schedule: FlushSchedule,
+        redact: Redactor,
     ) -> None:
         self.signalbus = signalbus
         self.model = model
         self.app = app
-        self.sweep_interval = sweep_interval
         self._stopping = stopping
+        self._schedule = schedule
         self._redact = redact
         self._requested = threading.Event()
-        self._catch_up = False
-        self._sweep_at = time.monotonic() + sweep_interval
-        self._retry_at: float | None = None
-        self._backoff = Backoff(0.5, max_backoff)
         self._thread = threading.Thread(
             target=self._run, name=f"signalbus-{model.__name__}", daemon=True
         )
@@ -485,7 +356,7 @@ class _Flusher:
     def request(self, *, catch_up: bool = False) -> None:
         """Ask for a flush; *catch_up* also cuts short a pending retry's backoff."""
         if catch_up:
-            self._catch_up = True
+            self._schedule.request_catch_up()
         self._requested.set()
 
     def _run(self) -> None:
@@ -496,14 +367,11 @@ class _Flusher:
     def _wait(self) -> bool:
         """Wait until a flush is due; return false when stopping."""
         while True:
-            due = self._sweep_at if self._retry_at is None else self._retry_at
-            self._requested.wait(max(0.0, due - time.monotonic()))
+            self._requested.wait(self._schedule.timeout())
             if self._stopping.is_set():
                 return False
             self._requested.clear()
-            catch_up, self._catch_up = self._catch_up, False
-            # While backing off, a request is answered by the retry itself.
-            if catch_up or self._retry_at is None or time.monotonic() >= self._retry_at:
+            if self._schedule.is_due():
                 return True
 
     def _flush(self) -> None:
@@ -512,11 +380,9 @@ class _Flusher:
         except Exception as error:
             self._failed(error)
         else:
-            if self._retry_at is not None:
+            if self._schedule.failing:
                 logger.info("Sending %s signals works again.", self.model.__name__)
-            self._retry_at = None
-            self._backoff.reset()
-            self._sweep_at = time.monotonic() + self.sweep_interval
+            self._schedule.succeeded()
 
     def _flush_once(self) -> None:
         stop = self._stopping.is_set
@@ -530,10 +396,9 @@ class _Flusher:
             self.signalbus.flush_model(self.model, stop=stop)
 
     def _failed(self, error: Exception) -> None:
-        delay = self._backoff.next()
-        self._retry_at = time.monotonic() + delay
+        delay = self._schedule.failed()
         # A send's traceback helps, once per failure streak; a database error's does not.
-        if self._backoff.attempts == 1 and not isinstance(error, DBAPIError):
+        if self._schedule.failures == 1 and not isinstance(error, DBAPIError):
             details = ":\n" + "".join(traceback.format_exception(error)).rstrip()
         else:
             details = f": {one_line(error)}"
@@ -561,17 +426,3 @@ def _shorten(payload: str) -> str:
     if len(payload) <= _LOGGED_PAYLOAD_CHARS:
         return repr(payload)
     return f"{payload[:_LOGGED_PAYLOAD_CHARS]!r}... ({len(payload)} characters)"
-
-
-def _wait_for(fd: int, wake_fd: int, deadline: float, write: bool = False) -> bool:
-    """Wait until *fd* is readable (writable); false on timeout or a readable *wake_fd*."""
-    timeout = max(0.0, deadline - time.monotonic())
-    if write:
-        _, writable, _ = select.select([wake_fd], [fd], [], timeout)
-        return bool(writable)
-    readable, _, _ = select.select([fd, wake_fd], [], [], timeout)
-    return fd in readable
-
-
-def _readable(fd: int) -> bool:
-    return bool(select.select([fd], [], [], 0)[0])
