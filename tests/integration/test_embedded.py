@@ -11,20 +11,13 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import platformdirs
 import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
 from signalbus import embedded
 from signalbus.conninfo import libpq_conninfo
-from tests.postgres_fixtures import (
-    LOCAL_SERVER,
-    PgServer,
-    embedded_pg_server,
-    select_pg_server,
-    server_from_url,
-)
+from tests.postgres_fixtures import PgServer, embedded_pg_server
 
 IS_ROOT = os.geteuid() == 0
 
@@ -74,18 +67,6 @@ def _password_file(data_dir: Path) -> Path:
     return path
 
 
-def _initdb_with_trust(data_dir: Path) -> embedded.EmbeddedPostgres:
-    """A cluster as earlier versions made it (``initdb --auth=trust``, no password file);
-    returns a (not running) handle with no password."""
-    bin_dir, account = embedded._default_bin_dir(), embedded._server_account()
-    embedded._make_private_dir(data_dir)
-    pgdata = data_dir / "pgdata"
-    embedded._ensure_pgdata(pgdata, account)
-    args = ["-U", "postgres", "--auth=trust", "--no-sync", "--no-instructions"]
-    embedded._run(bin_dir, "initdb", pgdata, account, 60, *args)
-    return embedded.EmbeddedPostgres(data_dir, 0, _account=account, _bin_dir=bin_dir)
-
-
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Iterator[Path]:
     """A not-yet-existing data dir; any server left running on it is stopped afterwards."""
@@ -93,10 +74,6 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
     yield path
     if (path / "pgdata" / "postmaster.pid").exists():
         embedded.start(path).stop()
-
-
-def test_default_data_dir() -> None:
-    assert embedded.default_data_dir() == Path(platformdirs.user_data_dir("signalbus")) / "postgres"
 
 
 def test_start_select_stop_then_warm_restart(data_dir: Path) -> None:
@@ -168,10 +145,10 @@ def test_permissions_of_foreign_directories_are_unchanged(data_dir: Path) -> Non
         # (when root switches to one) can neither read it nor traverse data_dir.
         password = _password_file(data_dir).stat()
         if IS_ROOT:
-            assert password.st_uid == 0 != pg._account.uid
+            assert pg._account.ids is not None and password.st_uid == 0 != pg._account.ids[0]
         pgdata = pg.pgdata.stat()
         assert stat.S_IMODE(pgdata.st_mode) == 0o700
-        assert pgdata.st_uid == (pg._account.uid if IS_ROOT else os.geteuid())
+        assert pgdata.st_uid == (pg._account.ids[0] if pg._account.ids else os.geteuid())
         pid = int((pg.pgdata / "postmaster.pid").read_text().split()[0])
         status = dict(
             line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
@@ -218,57 +195,19 @@ def test_stale_pidfile_with_reused_pid_is_ignored(data_dir: Path) -> None:
     pg.stop()
 
 
-@pytest.mark.parametrize("running", [False, True], ids=["stopped", "running"])
-def test_trust_cluster_of_earlier_versions_is_upgraded(
-    data_dir: Path, running: bool, caplog: pytest.LogCaptureFixture
-) -> None:
-    old = _initdb_with_trust(data_dir)
-    if running:  # left running by an earlier version: start() attaches and upgrades it live
-        port = embedded._start_server(old._bin_dir, old.pgdata, old._account, {}, 60)
-        old.port = port
-        _connect_without_password(old)  # trust, as before
-
-    with caplog.at_level(logging.DEBUG, logger="signalbus.embedded"):
-        pg = embedded.start(data_dir)
-    assert pg.started is not running
-    assert "switching it to scram-sha-256" in caplog.text
-    assert pg.password and pg.password not in caplog.text
-    assert _password_file(data_dir).read_text().strip() == pg.password
-    _assert_password_required(pg)
-    assert _select_1(pg) == (1, "signalbus")
-    hba = pg.pgdata / "pg_hba.conf"
-    records = [ln.split() for ln in hba.read_text().splitlines() if ln and ln[0] != "#"]
-    assert records and all(r[-1] == "scram-sha-256" for r in records)
-    st = hba.stat()
-    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, pg.pgdata.stat().st_uid)
-    assert [p.name for p in pg.pgdata.iterdir() if p.name.startswith(".pg_hba")] == []
-    pg.stop()
-
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="signalbus.embedded"):
-        warm = embedded.start(data_dir)  # upgraded once only
-    assert warm.password == pg.password and caplog.text == ""
-    _assert_password_required(warm)
-    warm.stop()
-
-
-def test_interrupted_upgrade_is_resumed(data_dir: Path) -> None:
-    """Password file written, but pg_hba.conf still says trust: start() finishes the job."""
-    _initdb_with_trust(data_dir)
-    (data_dir / "password").write_text("from-an-interrupted-upgrade\n")
-    (data_dir / "password").chmod(0o644)  # also: a too-open mode is tightened
-    pg = embedded.start(data_dir)
-    assert pg.password == "from-an-interrupted-upgrade"
-    assert _password_file(data_dir)
-    _assert_password_required(pg)
-    assert _select_1(pg) == (1, "signalbus")
-    pg.stop()
-
-
-def test_missing_password_file_of_a_scram_cluster_is_a_clear_error(data_dir: Path) -> None:
+def test_missing_password_file_is_a_clear_error(data_dir: Path) -> None:
     embedded.start(data_dir, ephemeral=True).stop()
     (data_dir / "password").unlink()
-    with pytest.raises(embedded.EmbeddedPostgresError, match=r"password.* is missing.*delete"):
+    with pytest.raises(embedded.EmbeddedPostgresError, match=r"password is missing.*delete"):
+        embedded.start(data_dir)
+    assert not (data_dir / "pgdata" / "postmaster.pid").exists()  # not started without it
+
+
+def test_server_accepting_connections_without_password_is_refused(data_dir: Path) -> None:
+    embedded.start(data_dir, ephemeral=True).stop()
+    hba = data_dir / "pgdata" / "pg_hba.conf"
+    hba.write_text(hba.read_text().replace("scram-sha-256", "trust"))
+    with pytest.raises(embedded.EmbeddedPostgresError, match="accepts connections without pass"):
         embedded.start(data_dir)
     assert not (data_dir / "pgdata" / "postmaster.pid").exists()  # the server it started: stopped
 
@@ -294,26 +233,12 @@ def test_wrong_password_error_does_not_show_it(
 # --- postgres_fixtures -----------------------------------------------------------------------
 
 
-def test_select_pg_server_prefers_env_url() -> None:
-    env = {"SIGNALBUS_TEST_DATABASE_URL": "postgresql://root:s%40cret@db.example:6543/test"}
-    server = select_pg_server(env, probe=lambda _: pytest.fail("must not probe"))
-    assert server == PgServer("db.example", 6543, "root", "s@cret", "test")
-    assert server.maintenance_dbname == "test"
-    assert server.url("x") == "postgresql+psycopg://root:s%40cret@db.example:6543/x"
-
-
 def test_embedded_fallback_server_carries_the_password(tmp_path: Path) -> None:
     with embedded_pg_server(tmp_path / "postgres") as server:
         assert server.password and server.dbname == "postgres"
         assert make_url(server.url()).password == server.password
         with server.connect() as conn:
             assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
-
-
-def test_select_pg_server_falls_back_to_local_then_embedded() -> None:
-    assert select_pg_server({}, probe=lambda s: s == LOCAL_SERVER) == LOCAL_SERVER
-    assert select_pg_server({"SIGNALBUS_TEST_DATABASE_URL": ""}, probe=lambda s: False) is None
-    assert server_from_url("postgresql://127.0.0.1/") == PgServer("127.0.0.1", 5432, "postgres")
 
 
 _seen: list[str] = []
