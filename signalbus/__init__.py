@@ -3,12 +3,18 @@
 from . import alembic as _alembic  # noqa: F401  (registers op.*_signal_trigger)
 from .atomic import AtomicProceduresMixin, DBSerializationError, retry_on_deadlock
 from .bus import SignalBus, SignalBusMixin, get_models_to_flush
+from .errors import ConfigurationError, NotASignalModelError, SignalBusError
+from .model import SignalModel
 
 __all__ = [
     "AtomicProceduresMixin",
+    "ConfigurationError",
     "DBSerializationError",
+    "NotASignalModelError",
     "SignalBus",
+    "SignalBusError",
     "SignalBusMixin",
+    "SignalModel",
     "get_models_to_flush",
     "retry_on_deadlock",
 ]

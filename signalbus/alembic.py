@@ -23,6 +23,7 @@ the default schema are compared when ``include_schemas`` is set, and the
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -35,10 +36,15 @@ from flask import current_app, has_app_context
 
 from . import triggers
 from .config import DEFAULT_CHANNEL, channel_setting
+from .model import signal_table
 
 __all__ = ["CreateSignalTriggerOp", "DropSignalTriggerOp", "compare_signal_triggers"]
 
 _IMPORT = "import signalbus.alembic  # noqa: F401"
+
+# A child of alembic's logger: the logging config of alembic.ini (Flask-Migrate's
+# included) shows these lines with alembic's own "Detected added table" ones.
+logger = logging.getLogger("alembic.autogenerate.signalbus")
 
 
 class _SignalTriggerOp(MigrateOperation):
@@ -157,13 +163,15 @@ def compare_signal_triggers(
     wanted = _wanted_triggers(autogen_context, default_schema, set(schemas))
     found = _found_triggers(autogen_context, default_schema, set(schemas))
     for key in sorted(wanted - found, key=_sort_key):
+        logger.info("Detected added signal trigger on %r", _display(key))
         index = _find(upgrade_ops, CreateTableOp, key, default_schema)
-        operation = CreateSignalTriggerOp(key[1], schema=key[0])
-        upgrade_ops.ops.insert(len(upgrade_ops.ops) if index is None else index + 1, operation)
+        create = CreateSignalTriggerOp(key[1], schema=key[0])
+        upgrade_ops.ops.insert(len(upgrade_ops.ops) if index is None else index + 1, create)
     for key in sorted(found - wanted, key=_sort_key):
+        logger.info("Detected removed signal trigger on %r", _display(key))
         index = _find(upgrade_ops, DropTableOp, key, default_schema)
-        operation = DropSignalTriggerOp(key[1], schema=key[0])
-        upgrade_ops.ops.insert(len(upgrade_ops.ops) if index is None else index, operation)
+        drop = DropSignalTriggerOp(key[1], schema=key[0])
+        upgrade_ops.ops.insert(len(upgrade_ops.ops) if index is None else index, drop)
 
 
 def _wanted_triggers(
@@ -172,12 +180,11 @@ def _wanted_triggers(
     signalbus = current_app.extensions.get("signalbus")
     if signalbus is None:
         return set()
-    metadatas = autogen_context.metadata
-    if not isinstance(metadatas, list | tuple):
-        metadatas = [metadatas]
+    metadata = autogen_context.metadata
+    metadatas = metadata if isinstance(metadata, list | tuple) else [metadata]
     wanted = set()
     for model in signalbus.get_signal_models():
-        table: sa.Table = model.__table__
+        table = signal_table(model)
         key = _key(table.schema, table.name, default_schema)
         if (
             any(table.metadata is metadata for metadata in metadatas)
@@ -212,7 +219,16 @@ def _sort_key(key: _Key) -> tuple[str, str]:
     return (key[0] or "", key[1])
 
 
-def _find(upgrade_ops: UpgradeOps, kind: type, key: _Key, default_schema: str | None) -> int | None:
+def _display(key: _Key) -> str:
+    return triggers.payload_name(key[1], key[0])
+
+
+def _find(
+    upgrade_ops: UpgradeOps,
+    kind: type[CreateTableOp | DropTableOp],
+    key: _Key,
+    default_schema: str | None,
+) -> int | None:
     """Return the index of the *kind* operation (create/drop table) of table *key*, if any."""
     for index, candidate in enumerate(upgrade_ops.ops):
         if (

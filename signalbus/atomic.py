@@ -83,7 +83,7 @@ class _ModelUtilitiesMixin:
     __fsa__: Any
 
     @classmethod
-    def get_pk_values(cls, instance_or_pk: Any) -> tuple:
+    def get_pk_values(cls, instance_or_pk: Any) -> tuple[Any, ...]:
         """Return the primary key of *instance_or_pk* as a tuple.
 
         A pending instance is flushed first, so that its generated key is known.
@@ -108,7 +108,8 @@ class _ModelUtilitiesMixin:
         if isinstance(instance_or_pk, cls) and instance_or_pk in session:
             return instance_or_pk
         pk = cls.get_pk_values(instance_or_pk)  # type: ignore[attr-defined]
-        return session.get(cls, pk, options=options)
+        instance: T | None = session.get(cls, pk, options=options)
+        return instance
 
     @classmethod
     def lock_instance(cls: type[T], instance_or_pk: Any, *options: Any, **kw: Any) -> T | None:
@@ -120,9 +121,10 @@ class _ModelUtilitiesMixin:
         """
         session = cls.__fsa__.session  # type: ignore[attr-defined]
         pk = cls.get_pk_values(instance_or_pk)  # type: ignore[attr-defined]
-        return session.get(
+        instance: T | None = session.get(
             cls, pk, options=options, with_for_update=kw or True, populate_existing=True
         )
+        return instance
 
 
 class AtomicProceduresMixin:

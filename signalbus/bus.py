@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import operator
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -13,8 +13,14 @@ from sqlalchemy.engine import Engine
 from .atomic import check_mixed_into_sqlalchemy, check_mixin_order
 from .config import DEFAULT_CONFIG
 from .conninfo import connection_defaults
+from .errors import NotASignalModelError
 from .flush import ModelFlusher
+from .model import SignalModel, is_signal_model, lacks_single_send, signal_table
 from .triggers import payload_name
+
+if TYPE_CHECKING:
+    from flask import Flask
+    from flask_sqlalchemy import SQLAlchemy
 
 __all__ = ["SignalBus", "SignalBusMixin", "get_models_to_flush", "table_name"]
 
@@ -30,25 +36,42 @@ class SignalBus:
     ``app.extensions["signalbus"]``.
     """
 
-    def __init__(self, db: Any) -> None:
+    def __init__(self, db: SQLAlchemy) -> None:
         self.db = db
-        self._flushers: dict[type, ModelFlusher] = {}
+        self._flushers: dict[SignalModel, ModelFlusher] = {}
+        self._warned: set[type] = set()
 
-    def get_signal_models(self) -> list[type]:
-        """Return every mapped class of ``db.Model`` that is a signal model."""
-        classes = (mapper.class_ for mapper in self.db.Model.registry.mappers)
-        signal_models = [cls for cls in classes if hasattr(cls, "send_signalbus_message")]
+    def get_signal_models(self) -> list[SignalModel]:
+        """Return every mapped class of ``db.Model`` that is a signal model.
+
+        A class having ``send_signalbus_messages`` but not
+        ``send_signalbus_message`` is not one; a warning names it (once).
+        """
+        registry: sa.orm.registry = self.db.Model.registry  # type: ignore[attr-defined]
+        classes = [mapper.class_ for mapper in registry.mappers]
+        self._warn_about_missing_single_send(classes)
+        signal_models = [cls for cls in classes if is_signal_model(cls)]
         return sorted(signal_models, key=operator.attrgetter("__name__"))
 
-    def get_signal_tables(self) -> dict[str, type]:
+    def _warn_about_missing_single_send(self, classes: Iterable[type]) -> None:
+        for cls in classes:
+            if lacks_single_send(cls) and cls not in self._warned:
+                self._warned.add(cls)
+                logger.warning(
+                    "%s has send_signalbus_messages but no send_signalbus_message, so it is "
+                    "not a signal model: define send_signalbus_message too.",
+                    cls.__name__,
+                )
+
+    def get_signal_tables(self) -> dict[str, SignalModel]:
         """Map each signal model's table name to the model.
 
         Names are schema-qualified (``schema.table``) when the table is not in
         the ``public`` schema: the form of the trigger notifications' payload.
         """
-        return {table_name(model.__table__): model for model in self.get_signal_models()}
+        return {table_name(signal_table(model)): model for model in self.get_signal_models()}
 
-    def flushmany(self, models: Iterable[type] | None = None) -> int:
+    def flushmany(self, models: Iterable[SignalModel] | None = None) -> int:
         """Send and delete every pending row of *models* (all signal models if ``None``).
 
         Each model is drained in bursts of ``signalbus_burst_count`` rows; every
@@ -56,12 +79,13 @@ class SignalBus:
         committed. A send that raises rolls its burst back (its rows stay) and
         the exception propagates. Returns the number of rows sent.
 
-        Raises :class:`RuntimeError` if one of *models* is not a signal model.
+        Raises :class:`~signalbus.errors.NotASignalModelError` (a
+        ``RuntimeError``) if one of *models* is not a signal model.
         """
         selected = self.get_signal_models() if models is None else self._check_models(models)
         return sum(self.flush_model(model) for model in selected)
 
-    def flush_model(self, model: type, *, stop: Callable[[], bool] | None = None) -> int:
+    def flush_model(self, model: SignalModel, *, stop: Callable[[], bool] | None = None) -> int:
         """Drain one signal model (see :meth:`flushmany`); return the rows sent.
 
         *stop*, when given, is asked before each burst; when it returns true the
@@ -72,23 +96,24 @@ class SignalBus:
             flusher = self._flushers[model] = ModelFlusher(model)
         return flusher.flush(self.engine_for(model), stop)
 
-    def pending_count(self, model: type) -> int:
+    def pending_count(self, model: SignalModel) -> int:
         """Return how many rows of signal model *model* wait to be sent."""
         with self.engine_for(model).connect() as connection:
-            query = sa.select(sa.func.count()).select_from(model.__table__)
-            return connection.execute(query).scalar_one()
+            query = sa.select(sa.func.count()).select_from(signal_table(model))
+            count: int = connection.execute(query).scalar_one()
+            return count
 
-    def _check_models(self, models: Iterable[type]) -> list[type]:
+    def _check_models(self, models: Iterable[SignalModel]) -> list[SignalModel]:
         known = set(self.get_signal_models())
         selected = list(models)
         for model in selected:
             if model not in known:
-                raise RuntimeError(f"{model!r} is not a signal model")
+                raise NotASignalModelError(f"{model!r} is not a signal model")
         return selected
 
-    def engine_for(self, model: type) -> Engine:
+    def engine_for(self, model: SignalModel) -> Engine:
         """Return the engine of *model*'s bind (needs an app context)."""
-        return self.db.engines[model.__table__.metadata.info.get("bind_key")]
+        return self.db.engines[signal_table(model).metadata.info.get("bind_key")]
 
 
 def table_name(table: sa.Table) -> str:
@@ -96,7 +121,7 @@ def table_name(table: sa.Table) -> str:
     return payload_name(table.name, table.schema)
 
 
-def get_models_to_flush(signalbus: SignalBus, model_names: Sequence[str]) -> list[type]:
+def get_models_to_flush(signalbus: SignalBus, model_names: Sequence[str]) -> list[SignalModel]:
     """Return the signal models named in *model_names*, or all of them if it is empty.
 
     Unknown names are ignored with a logged warning.
@@ -135,12 +160,12 @@ class SignalBusMixin:
         super().__init_subclass__(**kwargs)
         check_mixin_order(cls, SignalBusMixin)
 
-    def __init__(self, app: Any = None, **kwargs: Any) -> None:
+    def __init__(self, app: Flask | None = None, **kwargs: Any) -> None:
         check_mixed_into_sqlalchemy(self, SignalBusMixin)
-        self.signalbus = SignalBus(self)
-        super().__init__(app, **kwargs)
+        self.signalbus = SignalBus(cast("SQLAlchemy", self))
+        super().__init__(app, **kwargs)  # type: ignore[call-arg]  # SQLAlchemy's, after the mixin
 
-    def _apply_driver_defaults(self, options: dict[str, Any], app: Any) -> None:
+    def _apply_driver_defaults(self, options: dict[str, Any], app: Flask) -> None:
         # A flush stuck on a dead connection would stall its model for hours with
         # libpq's defaults; these give up within about 30 s.
         url = sa.make_url(options["url"])
@@ -149,7 +174,7 @@ class SignalBusMixin:
             options["connect_args"] = {**defaults, **options.get("connect_args", {})}
         super()._apply_driver_defaults(options, app)  # type: ignore[misc]
 
-    def init_app(self, app: Any, *args: Any, **kwargs: Any) -> None:
+    def init_app(self, app: Flask, *args: Any, **kwargs: Any) -> None:
         """Initialise *app* for SQLAlchemy, then register the signal bus on it."""
         super().init_app(app, *args, **kwargs)  # type: ignore[misc]
         from .cli import signalbus_cli

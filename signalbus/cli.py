@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from .bus import SignalBus
 from .config import channel_setting
 from .errors import ConfigurationError, one_line
-from .flush import get_burst_count
+from .model import SignalModel, get_burst_count
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +42,11 @@ def signalbus_cli() -> None:
 
 def get_signalbus() -> SignalBus:
     """Return the signal bus of the current app."""
-    return current_app.extensions["signalbus"]
+    signalbus: SignalBus = current_app.extensions["signalbus"]
+    return signalbus
 
 
-def resolve_signal_models(names: Sequence[str]) -> list[type]:
+def resolve_signal_models(names: Sequence[str]) -> list[SignalModel]:
     """Map signal names to models; an unknown name is a usage error (exit status 2)."""
     models = get_signalbus().get_signal_models()
     if not names:
@@ -58,16 +59,18 @@ def resolve_signal_models(names: Sequence[str]) -> list[type]:
     return [by_name[name] for name in dict.fromkeys(names)]
 
 
-def check_burst_counts(models: Sequence[type]) -> None:
+def check_burst_counts(models: Sequence[SignalModel]) -> None:
     """Report a bad ``signalbus_burst_count`` as a one-line error (exit status 1)."""
     for model in models:
         try:
             get_burst_count(model)
-        except ValueError as error:
+        except ConfigurationError as error:
             raise click.ClickException(str(error)) from None
 
 
-def flush_each(signalbus: SignalBus, models: Sequence[type]) -> tuple[int, list[type]]:
+def flush_each(
+    signalbus: SignalBus, models: Sequence[SignalModel]
+) -> tuple[int, list[SignalModel]]:
     """Flush every model, logging (not raising) a failing send; return (sent, failed)."""
     sent, failed = 0, []
     for model in models:
@@ -100,7 +103,8 @@ def flushmany_command(signal_names: tuple[str, ...], repeat: float | None) -> No
     while True:
         started = time.monotonic()
         sent, failed = flush_each(signalbus, models)
-        logger.info("Sent %d signals.", sent)
+        if sent or repeat is None:  # repeating, an idle round is not news
+            logger.info("Sent %d signals.", sent)
         if repeat is None:
             if failed:
                 raise SystemExit(1)

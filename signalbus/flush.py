@@ -16,37 +16,19 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, RootTransaction, Row
+from sqlalchemy.sql.dml import ReturningDelete
 
 from .atomic import retry_on_deadlock
+from .model import SignalModel, get_burst_count, send_rows, signal_table
 
-__all__ = ["ModelFlusher", "get_burst_count", "send_rows"]
+__all__ = ["ModelFlusher"]
 
 #: Bursts at least this big are pipelined: the next burst is fetched while the
 #: current one is being sent. Smaller ones are not worth a second connection.
 PIPELINE_MIN_BURST = 100
 
 
-def get_burst_count(model: type) -> int:
-    """Return the model's ``signalbus_burst_count`` (default 1), checking it is positive."""
-    burst_count = getattr(model, "signalbus_burst_count", 1)
-    if isinstance(burst_count, bool) or not isinstance(burst_count, int) or burst_count < 1:
-        raise ValueError(
-            f"{model.__name__}.signalbus_burst_count must be a positive integer, "
-            f"not {burst_count!r}"
-        )
-    return burst_count
-
-
-def send_rows(model: Any, rows: Sequence[Row]) -> None:
-    """Send *rows* with the model's batch method if it has one, else one by one."""
-    if len(rows) > 1 and hasattr(model, "send_signalbus_messages"):
-        model.send_signalbus_messages(rows)
-    else:
-        for row in rows:
-            model.send_signalbus_message(row)
-
-
-def build_delete_statement(model: type) -> sa.Delete:
+def build_delete_statement(model: SignalModel) -> ReturningDelete[Any]:
     """Build the burst statement of *model*.
 
     ``DELETE ... WHERE pk IN (SELECT pk ... ORDER BY pk LIMIT :burst_count
@@ -54,8 +36,8 @@ def build_delete_statement(model: type) -> sa.Delete:
     deletes a burst. Returned columns are labelled with the model's attribute
     names, so that ``row.attribute`` works as on an instance.
     """
-    mapper = sa.inspect(model)
-    table = mapper.local_table
+    mapper: sa.orm.Mapper[Any] = sa.inspect(model)
+    table = signal_table(model)
     key_columns = table.primary_key.columns
     burst = (
         sa.select(*key_columns)
@@ -78,7 +60,7 @@ class Burst:
 
     connection: Connection
     transaction: RootTransaction
-    rows: list[Row]
+    rows: list[Row[Any]]
 
     def commit(self) -> None:
         # Losing this commit in a crash only sends the rows again, which
@@ -101,10 +83,10 @@ class ModelFlusher:
     disjoint from the first. If a send fails, both are rolled back.
     """
 
-    def __init__(self, model: type) -> None:
+    def __init__(self, model: SignalModel) -> None:
         self.model = model
         self.statement = build_delete_statement(model)
-        mapper = sa.inspect(model)
+        mapper: sa.orm.Mapper[Any] = sa.inspect(model)
         keys = [mapper.get_property_by_column(column).key for column in mapper.primary_key]
         self.sort_key = operator.attrgetter(*keys)
 
@@ -143,7 +125,7 @@ class ModelFlusher:
     def _fetch(self, connection: Connection, burst_count: int) -> Burst:
         transaction = connection.begin()
         try:
-            rows = connection.execute(self.statement, {"burst_count": burst_count}).all()
+            rows = list(connection.execute(self.statement, {"burst_count": burst_count}))
         except BaseException:
             transaction.rollback()
             raise

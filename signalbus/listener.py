@@ -57,6 +57,7 @@ from .config import (
     listener_settings,
 )
 from .errors import one_line
+from .model import SignalModel
 from .notifications import Subscription, WakePipe
 from .redaction import Redactor
 from .schedule import FlushSchedule
@@ -80,7 +81,7 @@ _LOGGED_PAYLOAD_CHARS = 64
 def listener_from_config(
     signalbus: SignalBus,
     config: Mapping[str, Any],
-    models: Sequence[type] | None = None,
+    models: Sequence[SignalModel] | None = None,
     *,
     sweep_interval: float | None = None,
     app: Any = None,
@@ -114,7 +115,7 @@ class Listener:
     def __init__(
         self,
         signalbus: SignalBus,
-        models: Sequence[type] | None = None,
+        models: Sequence[SignalModel] | None = None,
         *,
         channel: str = DEFAULT_CHANNEL,
         sweep_interval: float = DEFAULT_CONFIG[SWEEP_INTERVAL],
@@ -185,9 +186,8 @@ class Listener:
                 break
             listening = [s for s in self._subscriptions if s.connection is not None]
             timeout = min(s.next_deadline(self.probe_interval) for s in self._subscriptions)
-            readable, _, _ = select.select(
-                [self._wake_pipe, *listening], [], [], max(0.0, timeout - time.monotonic())
-            )
+            waited: list[Subscription | WakePipe] = [self._wake_pipe, *listening]
+            readable, _, _ = select.select(waited, [], [], max(0.0, timeout - time.monotonic()))
             if self._wake_pipe in readable:
                 self._wake_pipe.drain()
             for subscription in listening:
@@ -264,7 +264,7 @@ class Listener:
 
     def _dispatch(self, payloads: Iterable[str]) -> None:
         """Wake the flusher of each model named by *payloads*, once per model."""
-        woken: set[type] = set()
+        woken: set[SignalModel] = set()
         for payload in payloads:
             model = self._tables.get(payload)
             if model is None:
@@ -326,7 +326,7 @@ class _Flusher:
     def __init__(
         self,
         signalbus: SignalBus,
-        model: type,
+        model: SignalModel,
         app: Any,
         stopping: threading.Event,
         schedule: FlushSchedule,
@@ -410,8 +410,10 @@ class _Flusher:
         )
 
 
-def _group_by_engine(engines: dict[type, Engine]) -> dict[Engine, list[type]]:
-    groups: dict[Engine, list[type]] = {}
+def _group_by_engine(
+    engines: dict[SignalModel, Engine],
+) -> dict[Engine, list[SignalModel]]:
+    groups: dict[Engine, list[SignalModel]] = {}
     for model, engine in engines.items():
         groups.setdefault(engine, []).append(model)
     return groups

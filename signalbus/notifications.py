@@ -22,6 +22,7 @@ from sqlalchemy.engine import URL, Engine
 
 from .backoff import Backoff
 from .conninfo import connection_defaults, libpq_conninfo
+from .model import SignalModel
 from .redaction import redact_url
 
 __all__ = ["APPLICATION_NAME", "Subscription", "WakePipe", "listen_conninfo"]
@@ -70,7 +71,9 @@ def _close_all(*fds: int) -> None:
 class Subscription:
     """One LISTEN connection: to the database of *engine*, for the models stored there."""
 
-    def __init__(self, engine: Engine, channel: str, models: list[type], max_backoff: float):
+    def __init__(
+        self, engine: Engine, channel: str, models: list[SignalModel], max_backoff: float
+    ) -> None:
         self.engine = engine
         self.conninfo = listen_conninfo(engine.url)
         self.description = redact_url(engine.url)

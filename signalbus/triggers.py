@@ -24,13 +24,17 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from psycopg import sql
 from sqlalchemy.engine import Connection
 
 from .config import DEFAULT_CHANNEL, check_channel
+from .model import SignalModel, signal_table
+
+if TYPE_CHECKING:
+    from flask_sqlalchemy import SQLAlchemy
 
 __all__ = [
     "TRIGGER_NAME",
@@ -132,68 +136,96 @@ def installed_triggers(connection: Connection) -> set[str]:
 class TriggerStatus:
     """The trigger of one signal model, as found in its database."""
 
-    model: type
+    model: SignalModel
     table: str
+    #: Whether the model's table exists.
+    table_exists: bool
     #: The channel of the installed trigger, ``None`` when there is none.
     channel: str | None
     expected_channel: str
+    #: What installing did (``"created"``, ``"already there"``, ``"replaced …"``);
+    #: ``None`` when only checking, or when the table is missing.
+    installed: str | None = None
 
     @property
     def ok(self) -> bool:
         """Whether the trigger is installed, on the expected channel."""
-        return self.channel == self.expected_channel
+        return self.table_exists and self.channel == self.expected_channel
 
     def describe(self) -> str:
-        """Return ``installed``, ``missing`` or what is wrong, for people."""
+        """Return the state of the trigger, or what installing did, for people."""
+        if not self.table_exists:
+            return "table missing (hint: flask db upgrade)"
+        if self.installed:
+            return self.installed
         if self.ok:
             return "installed"
         if self.channel is None:
-            return "missing"
+            return "trigger missing"
         return f"on channel {self.channel!r}, expected {self.expected_channel!r}"
 
 
 def check_signal_triggers(
-    db: Any, models: Mapping[str, type], channel: str, *, install: bool = False
+    db: SQLAlchemy, models: Mapping[str, SignalModel], channel: str, *, install: bool = False
 ) -> list[TriggerStatus]:
     """Return the trigger status of each signal model (``{payload name: model}``).
 
     With *install*, first install every missing trigger (or the trigger on a
-    wrong channel), so that the statuses returned are all ok. Each model's
-    database is that of its ``bind_key``.
+    wrong channel) of the tables that exist, so that their statuses are ok.
+    Each model's database is that of its ``bind_key``.
     """
     check_channel(channel)
     statuses = []
     for bind_key, tables in _group_by_bind(models).items():
         with db.engines[bind_key].connect() as connection:
-            if install:
-                _install_missing(connection, tables, channel)
-            found = trigger_channels(connection)
-        statuses.extend(
-            TriggerStatus(model, name, found.get(name), channel) for name, model in tables.items()
-        )
+            statuses += _statuses(connection, tables, channel, install)
     return sorted(statuses, key=lambda status: status.table)
 
 
-def _install_missing(connection: Connection, tables: Mapping[str, type], channel: str) -> None:
-    found = trigger_channels(connection)
+def _statuses(
+    connection: Connection, tables: Mapping[str, SignalModel], channel: str, install: bool
+) -> list[TriggerStatus]:
+    done: dict[str, str] = {}
     with connection.begin():
-        for name, model in tables.items():
-            if found.get(name) != channel:
-                table = model.__table__
-                install_trigger(connection, table.name, table.schema, channel)
+        inspector = sa.inspect(connection)
+        existing = {
+            name
+            for name, model in tables.items()
+            if inspector.has_table(signal_table(model).name, schema=signal_table(model).schema)
+        }
+        found = trigger_channels(connection)
+        if install:
+            for name in existing:
+                done[name] = _install(connection, tables[name], found.get(name), channel)
+            found = trigger_channels(connection)
+    return [
+        TriggerStatus(model, name, name in existing, found.get(name), channel, done.get(name))
+        for name, model in tables.items()
+    ]
 
 
-def _group_by_bind(models: Mapping[str, type]) -> dict[str | None, dict[str, type]]:
-    groups: dict[str | None, dict[str, type]] = {}
+def _install(connection: Connection, model: SignalModel, found: str | None, channel: str) -> str:
+    """Install the trigger of *model* unless it is on *channel*; say what was done."""
+    if found == channel:
+        return "already there"
+    table = signal_table(model)
+    install_trigger(connection, table.name, table.schema, channel)
+    return "created" if found is None else f"replaced (was on channel {found!r})"
+
+
+def _group_by_bind(
+    models: Mapping[str, SignalModel],
+) -> dict[str | None, dict[str, SignalModel]]:
+    groups: dict[str | None, dict[str, SignalModel]] = {}
     for name, model in models.items():
-        groups.setdefault(model.__table__.metadata.info.get("bind_key"), {})[name] = model
+        groups.setdefault(signal_table(model).metadata.info.get("bind_key"), {})[name] = model
     return groups
 
 
 def _ddl(name: str, **arguments: sql.Composable) -> sa.DDL:
     text = sql.SQL(load_sql(name)).format(**arguments).as_string(None)
     # sa.DDL %-formats its statement: a literal "%" must be written "%%".
-    return sa.DDL(text.replace("%", "%%"))
+    return sa.DDL(text.replace("%", "%%"))  # type: ignore[no-untyped-call]
 
 
 def _first_argument(arguments: bytes | memoryview) -> str:

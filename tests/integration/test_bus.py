@@ -11,7 +11,14 @@ import sqlalchemy as sa
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
-from signalbus import AtomicProceduresMixin, SignalBus, SignalBusMixin, get_models_to_flush
+from signalbus import (
+    AtomicProceduresMixin,
+    NotASignalModelError,
+    SignalBus,
+    SignalBusError,
+    SignalBusMixin,
+    get_models_to_flush,
+)
 from signalbus.conninfo import libpq_conninfo
 from tests.models import BatchSignal, CompositeSignal, Item, SingleSignal, db, recorder
 
@@ -76,6 +83,30 @@ def test_get_signal_models() -> None:
     models = db.signalbus.get_signal_models()
     assert models == [BatchSignal, CompositeSignal, SingleSignal]
     assert Item not in models
+
+
+def test_a_model_with_only_the_batch_send_is_named_in_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class OtherDB(SignalBusMixin, SQLAlchemy):
+        pass
+
+    other_db = OtherDB()
+
+    class HalfSignal(other_db.Model):  # type: ignore[name-defined, misc]
+        id = sa.Column(sa.Integer, primary_key=True)
+
+        @classmethod
+        def send_signalbus_messages(cls, objs: Any) -> None:
+            pass
+
+    for _ in range(2):
+        assert other_db.signalbus.get_signal_models() == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "HalfSignal has send_signalbus_messages but no send_signalbus_message, so it is "
+        "not a signal model: define send_signalbus_message too."
+    ]
 
 
 def test_get_models_to_flush(caplog: pytest.LogCaptureFixture) -> None:
@@ -162,8 +193,10 @@ def test_failure_after_some_bursts_keeps_only_the_failed_rows() -> None:
 
 
 def test_non_signal_model_is_rejected() -> None:
-    with pytest.raises(RuntimeError, match="not a signal model"):
+    with pytest.raises(RuntimeError, match="not a signal model") as caught:
         db.signalbus.flushmany([Item])
+    assert isinstance(caught.value, NotASignalModelError)
+    assert isinstance(caught.value, SignalBusError)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "10", None, True])

@@ -121,8 +121,8 @@ def test_bad_repeat_is_a_usage_error(invoke, value: str) -> None:
     assert "Invalid value for '-r' / '--repeat'" in result.output
 
 
-def test_repeat_flushes_until_interrupted(
-    app: Flask, invoke, monkeypatch: pytest.MonkeyPatch
+def test_repeat_flushes_until_interrupted_logging_only_rounds_that_sent(
+    app: Flask, invoke, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     fill(app)
     rounds = 0
@@ -132,14 +132,16 @@ def test_repeat_flushes_until_interrupted(
         rounds += 1
         if rounds == 1:
             fill(app, single=1, batch=0)
-        else:
+        elif rounds == 3:
             raise KeyboardInterrupt
 
     monkeypatch.setattr("signalbus.cli.time.sleep", sleep)
     result = invoke("flushmany", "-r", "0.5")
     assert result.exit_code == 0
-    assert rounds == 2
+    assert rounds == 3
     assert len(recorder.sent) == 154
+    sent_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Sent ")]
+    assert sent_lines == ["Sent 153 signals.", "Sent 1 signals."]
 
 
 @pytest.fixture

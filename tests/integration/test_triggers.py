@@ -226,18 +226,37 @@ def test_triggers_command_reports_missing_triggers(app: Flask) -> None:
     code, output = run_triggers_command(app)
     assert code == 1
     assert output.splitlines() == [
-        "batch_signal (BatchSignal): missing",
-        "composite_signal (CompositeSignal): missing",
-        "single_signal (SingleSignal): missing",
+        "batch_signal (BatchSignal): trigger missing",
+        "composite_signal (CompositeSignal): trigger missing",
+        "single_signal (SingleSignal): trigger missing",
     ]
+
+
+def test_triggers_command_tells_a_missing_table_from_a_missing_trigger(
+    app: Flask, engine: Engine
+) -> None:
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE composite_signal")
+    missing_table = "composite_signal (CompositeSignal): table missing (hint: flask db upgrade)"
+    code, output = run_triggers_command(app)
+    assert code == 1
+    assert missing_table in output and "single_signal (SingleSignal): trigger missing" in output
+    code, output = run_triggers_command(app, "--install")
+    assert code == 1
+    assert missing_table in output and "single_signal (SingleSignal): created" in output
 
 
 def test_triggers_command_installs_idempotently(app: Flask, engine: Engine) -> None:
     install(engine, "batch_signal")
-    for _ in range(2):
-        code, output = run_triggers_command(app, "--install")
-        assert code == 0
-        assert output.count(": installed") == 3
+    code, output = run_triggers_command(app, "--install")
+    assert code == 0
+    assert output.splitlines() == [
+        "batch_signal (BatchSignal): already there",
+        "composite_signal (CompositeSignal): created",
+        "single_signal (SingleSignal): created",
+    ]
+    code, output = run_triggers_command(app, "--install")
+    assert code == 0 and output.count(": already there") == 3
     code, output = run_triggers_command(app)
     assert code == 0 and output.count(": installed") == 3
     assert trigger_count(engine) == 3
@@ -253,7 +272,9 @@ def test_triggers_command_checks_the_channel(app: Flask, engine: Engine) -> None
     code, output = run_triggers_command(app)
     assert code == 1
     assert "single_signal (SingleSignal): on channel 'signalbus', expected 'other'" in output
-    assert run_triggers_command(app, "--install")[0] == 0
+    code, output = run_triggers_command(app, "--install")
+    assert code == 0
+    assert "single_signal (SingleSignal): replaced (was on channel 'signalbus')" in output
     with engine.connect() as connection:
         assert set(trigger_channels(connection).values()) == {"other"}
 
