@@ -8,10 +8,11 @@ Configured from environment variables:
 ``SIGNALBUS_RABBITMQ_URL``
     The broker, e.g. ``amqp://user:password@localhost:5672/%2F``. Unset, messages
     are printed on standard output instead.
-``SIGNALBUS_CHANNEL``, ``SIGNALBUS_EXCHANGE``, ``SIGNALBUS_BURST_COUNT``
-    Optional: the notification channel (``signalbus``), the topic exchange the
-    messages go to (``signalbus``; it must exist) and the signals sent per burst
-    (1000).
+``SIGNALBUS_EXCHANGE``, ``SIGNALBUS_BURST_COUNT``
+    Optional: the topic exchange the messages go to (``signalbus``; it must
+    exist) and the signals sent per burst (1000).
+Every other ``SIGNALBUS_*`` key of :mod:`signalbus.config`
+    Optional, e.g. ``SIGNALBUS_CHANNEL`` or ``SIGNALBUS_SWEEP_INTERVAL``.
 
 Run it with::
 
@@ -33,8 +34,10 @@ from flask import Flask
 from flask.cli import NoAppException
 from flask_migrate import Migrate
 
-from .models import db
-from .publishing import init_publisher
+from signalbus.config import DEFAULT_CONFIG
+
+from .models import BURST_COUNT_KEY, db
+from .publishing import EXCHANGE_KEY, init_publisher
 from .views import blueprint
 
 __all__ = ["MIGRATIONS_DIRECTORY", "config_from_env", "create_app", "database_uri"]
@@ -42,12 +45,7 @@ __all__ = ["MIGRATIONS_DIRECTORY", "config_from_env", "create_app", "database_ur
 #: The Flask-Migrate migrations of the app: ``migrations/`` next to this package.
 MIGRATIONS_DIRECTORY = Path(__file__).resolve().parent.parent / "migrations"
 
-_ENV_KEYS = (
-    "SIGNALBUS_RABBITMQ_URL",
-    "SIGNALBUS_CHANNEL",
-    "SIGNALBUS_EXCHANGE",
-    "SIGNALBUS_BURST_COUNT",
-)
+_ENV_KEYS = (*DEFAULT_CONFIG, EXCHANGE_KEY, BURST_COUNT_KEY)
 
 migrate = Migrate()
 
@@ -69,8 +67,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 def config_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     """Return the app config given by the environment variables *environ*."""
     config: dict[str, Any] = {key: environ[key] for key in _ENV_KEYS if environ.get(key)}
-    if "SIGNALBUS_BURST_COUNT" in config:
-        config["SIGNALBUS_BURST_COUNT"] = _positive_int("SIGNALBUS_BURST_COUNT", config)
+    if BURST_COUNT_KEY in config:
+        config[BURST_COUNT_KEY] = _positive_int(BURST_COUNT_KEY, config)
     if environ.get("DATABASE_URL"):
         config["SQLALCHEMY_DATABASE_URI"] = database_uri(environ["DATABASE_URL"])
     return config

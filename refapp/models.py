@@ -16,7 +16,10 @@ from signalbus import AtomicProceduresMixin, SignalBusMixin
 
 from .publishing import publish
 
-__all__ = ["Order", "OrderPlacedSignal", "OrderShippedSignal", "db"]
+__all__ = ["BURST_COUNT_KEY", "Order", "OrderPlacedSignal", "OrderShippedSignal", "db"]
+
+#: Config key of the signals sent per burst (transaction).
+BURST_COUNT_KEY = "SIGNALBUS_BURST_COUNT"
 
 
 class CustomSQLAlchemy(SignalBusMixin, AtomicProceduresMixin, SQLAlchemy):
@@ -74,7 +77,7 @@ class SignalMixin:
     """
 
     routing_key: ClassVar[str]
-    signalbus_burst_count = ConfigValue("SIGNALBUS_BURST_COUNT", 1000)
+    signalbus_burst_count = ConfigValue(BURST_COUNT_KEY, 1000)
 
     id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
     payload: Mapped[str] = mapped_column(sa.Text)

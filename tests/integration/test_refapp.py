@@ -150,6 +150,7 @@ def test_config_from_env() -> None:
             "DATABASE_URL": "postgresql://u:p%40ss@db:5432/shop",
             "SIGNALBUS_RABBITMQ_URL": "amqp://broker",
             "SIGNALBUS_BURST_COUNT": "50",
+            "SIGNALBUS_SWEEP_INTERVAL": "5",
             "UNRELATED": "x",
         }
     )
@@ -157,6 +158,7 @@ def test_config_from_env() -> None:
         "SQLALCHEMY_DATABASE_URI": "postgresql+psycopg://u:p%40ss@db:5432/shop",
         "SIGNALBUS_RABBITMQ_URL": "amqp://broker",
         "SIGNALBUS_BURST_COUNT": 50,
+        "SIGNALBUS_SWEEP_INTERVAL": "5",
     }
 
 
