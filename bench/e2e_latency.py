@@ -47,13 +47,14 @@ def create_schema(database_url: str) -> None:
     """Create the reference app's tables and their notification triggers."""
     from refapp import create_app
     from refapp.models import db
+    from signalbus.config import channel_setting
     from signalbus.triggers import check_signal_triggers
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": database_url})
     with app.app_context():
         db.create_all()
         tables = db.signalbus.get_signal_tables()
-        check_signal_triggers(db, tables, app.config["SIGNALBUS_CHANNEL"], install=True)
+        check_signal_triggers(db, tables, channel_setting(app.config), install=True)
         db.engine.dispose()
 
 
