@@ -10,7 +10,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY . .
-# Editable: refapp finds its migrations/ next to the package, in /app.
+# refapp is not installed by pip: flask --app refapp and gunicorn import it from the
+# working directory, /app, where its migrations/ are too.
 RUN pip install -e '.[deploy]' \
     && useradd --system --no-create-home --shell /usr/sbin/nologin app
 

@@ -124,7 +124,8 @@ def test_flask_commands_exist(services: dict[str, Any], name: str) -> None:
     service = services[name]
     command = [str(BIN / service["command"][0]), *service["command"][1:], "--help"]
     env = {**os.environ, **service["environment"]}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    # In the checkout, as in the image's WORKDIR: refapp is not installed, flask finds it there.
+    result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Usage: ")
 
@@ -189,7 +190,8 @@ def test_dockerfile_installs_the_package_with_its_deploy_extra() -> None:
     assert "FROM python:3.11-slim" in lines
     assert "COPY . ." in lines
     install = next(line for line in lines if "pip install" in line)
-    assert "-e '.[deploy]'" in install  # editable: refapp finds migrations/ beside it
+    assert "-e '.[deploy]'" in install
+    assert "WORKDIR /app" in lines  # refapp is not installed: imported from the working dir
     assert "USER app" in lines
 
 
