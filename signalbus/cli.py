@@ -14,8 +14,9 @@ from sqlalchemy.exc import DBAPIError
 
 from .bus import SignalBus
 from .config import channel_setting
-from .errors import ConfigurationError, one_line
+from .errors import ConfigurationError, failure_details, one_line
 from .model import SignalModel, get_burst_count
+from .redaction import Redactor
 
 logger = logging.getLogger(__name__)
 
@@ -72,15 +73,15 @@ def flush_each(
     signalbus: SignalBus, models: Sequence[SignalModel]
 ) -> tuple[int, list[SignalModel]]:
     """Flush every model, logging (not raising) a failing send; return (sent, failed)."""
+    redact = Redactor.for_urls(*(signalbus.engine_for(model).url for model in models))
     sent, failed = 0, []
     for model in models:
         try:
             sent += signalbus.flush_model(model)
-        except DBAPIError as error:
-            logger.error("Sending %s signals failed: %s", model.__name__, one_line(error))
-            failed.append(model)
-        except Exception:
-            logger.exception("Sending %s signals failed; its rows are kept.", model.__name__)
+        except Exception as error:
+            details = failure_details(error, with_traceback=True)
+            logger.error("Sending %s signals failed; its rows are kept%s", model.__name__,
+                         redact(details))  # fmt: skip
             failed.append(model)
     return sent, failed
 

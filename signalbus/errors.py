@@ -8,6 +8,8 @@ signal model), so that ``except ValueError`` keeps working.
 
 from __future__ import annotations
 
+import traceback
+
 from sqlalchemy.exc import DBAPIError
 
 __all__ = [
@@ -15,6 +17,7 @@ __all__ = [
     "MissingSettingError",
     "NotASignalModelError",
     "SignalBusError",
+    "failure_details",
     "one_line",
 ]
 
@@ -46,3 +49,15 @@ def one_line(error: BaseException) -> str:
     if isinstance(error, DBAPIError) and error.orig is not None:
         error = error.orig
     return f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
+def failure_details(error: BaseException, *, with_traceback: bool) -> str:
+    """Describe *error* for the end of a log line: ``": <one line>"``.
+
+    With *with_traceback*, a send's error gets its traceback instead
+    (``":\n<traceback>"``); a database error never does: the driver's message
+    says it all.
+    """
+    if with_traceback and not isinstance(error, DBAPIError):
+        return ":\n" + "".join(traceback.format_exception(error)).rstrip()
+    return f": {one_line(error)}"

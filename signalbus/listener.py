@@ -37,7 +37,6 @@ import select
 import signal
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -56,7 +55,7 @@ from .config import (
     check_seconds,
     listener_settings,
 )
-from .errors import one_line
+from .errors import failure_details, one_line
 from .model import SignalModel
 from .notifications import Subscription, WakePipe
 from .redaction import Redactor
@@ -397,11 +396,8 @@ class _Flusher:
 
     def _failed(self, error: Exception) -> None:
         delay = self._schedule.failed()
-        # A send's traceback helps, once per failure streak; a database error's does not.
-        if self._schedule.failures == 1 and not isinstance(error, DBAPIError):
-            details = ":\n" + "".join(traceback.format_exception(error)).rstrip()
-        else:
-            details = f": {one_line(error)}"
+        # A send's traceback helps, once per failure streak.
+        details = failure_details(error, with_traceback=self._schedule.failures == 1)
         logger.error(
             "Sending %s signals failed; its rows are kept, retrying in %.1f s%s",
             self.model.__name__,

@@ -171,7 +171,7 @@ def test_flushmany_without_database_logs_each_signal_and_exits_1(
     assert result.exit_code == 1
     failures = [r for r in caplog.records if "failed" in r.getMessage()]
     assert len(failures) == 3 and all(r.exc_info is None for r in failures)
-    assert "Sending BatchSignal signals failed: OperationalError" in caplog.text
+    assert "Sending BatchSignal signals failed; its rows are kept: OperationalError" in caplog.text
     assert "s3cret" not in caplog.text
 
 
