@@ -7,21 +7,23 @@ user's data directory, stopped again at exit if this run started it), runs the
 migrations (tables and notification triggers), starts the listener (the code of
 ``flask signalbus listen``, in a thread), places and ships orders through
 ``POST /orders`` at *rate* messages a second, and prints every message as it
-is relayed, with its latency from the producer's ``COMMIT`` to the send. It
-exits 0 once all *count* messages are relayed; Ctrl-C stops it cleanly.
+is relayed: its routing key, the id of its order, its body and its latency
+from the producer's ``COMMIT`` to the send. It exits 0 once all *count*
+messages are relayed; Ctrl-C stops it cleanly.
 
 ``DATABASE_URL``
     Use this PostgreSQL database instead of the embedded server.
 ``SIGNALBUS_RABBITMQ_URL``
     Publish to this broker instead of printing: the demo declares the topic
     exchange (``SIGNALBUS_EXCHANGE``, default ``signalbus``), binds a temporary
-    queue to it, and prints each message as consumed from that queue, with the
-    latency of the broker's confirmation and of the consumption.
+    queue to it, and prints each message once the broker has confirmed it and
+    the queue delivered it, with the latencies of its send and its consumption.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -186,7 +188,9 @@ class Tracker:
     """Follows the messages of this run from their commit to their send (and consumption).
 
     A message is known by its message id, ``"<table>:<id>"``. Each one is
-    printed once complete; :meth:`wait` returns once *expected* are.
+    printed once, when its send was reported (and, with ``consumed``, its
+    consumption too, whichever comes first); :meth:`wait` returns once
+    *expected* are.
     """
 
     def __init__(self, expected: int, *, consumed: bool, out: TextIO | None = None) -> None:
@@ -207,7 +211,7 @@ class Tracker:
                 self._traces[message_id] = Trace(at)
 
     def sent(self, messages: Sequence[Message], at: float) -> None:
-        """The listener has sent *messages* (the broker confirmed them)."""
+        """The listener sent *messages* at *at*, and the broker has confirmed them."""
         with self._lock:
             for message in messages:
                 trace = self._traces.get(message.properties.message_id or "")
@@ -257,8 +261,9 @@ class Tracker:
 
 
 def _describe(message: Message) -> str:
-    row_id = (message.properties.message_id or "").rpartition(":")[2]
-    return f"{message.routing_key:<13} id={row_id:<4} {message.body.decode()}"
+    """The routing key, the order's id and the body of a message of the app."""
+    order_id = json.loads(message.body)["id"]  # placed: the order; shipped: its id
+    return f"{message.routing_key:<13} order={order_id:<4} {message.body.decode()}"
 
 
 def _stats(label: str, latencies: list[float]) -> str:
@@ -276,10 +281,15 @@ class ReportingPublisher:
         self.tracker = tracker
 
     def publish_messages(self, messages: Sequence[Message]) -> None:
-        """Publish *messages* (returning once confirmed) and report them sent."""
+        """Publish *messages*, returning once confirmed, then report them sent.
+
+        They are reported sent at the time they were handed to the broker: the
+        queue may deliver one before its confirmation arrives, never before that.
+        """
+        sent = time.perf_counter()
         if self.inner is not None:
             self.inner.publish_messages(messages)
-        self.tracker.sent(messages, time.perf_counter())
+        self.tracker.sent(messages, sent)
 
 
 def watch(app: Flask, tracker: Tracker) -> None:
