@@ -15,7 +15,7 @@ from flask import Flask
 
 from tests.models import db, recorder
 
-pytest_plugins = ["tests.postgres_fixtures", "tests.rabbitmq_fixtures"]
+pytest_plugins = ["tests.postgres_fixtures", "tests.rabbitmq_fixtures", "tests.rabbitmq_node"]
 
 TIERS = ("unit", "integration", "faults")
 
