@@ -4,16 +4,18 @@ Load them with ``pytest_plugins = ["tests.rabbitmq_fixtures"]`` in ``tests/conft
 The broker URL is ``$SIGNALBUS_TEST_RABBITMQ_URL``, by default
 ``amqp://guest:guest@127.0.0.1:5672/%2F``. If the broker does not answer, every test that
 needs it fails (it is not skipped) with instructions to start it.
+
+The tests only speak AMQP to that broker, in queues of their own: they never administer
+it. Those that need to (users, virtual hosts, closing connections, stopping the broker)
+use the session's own node from :mod:`tests.rabbitmq_node`.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pika
 import pytest
@@ -24,23 +26,6 @@ from tests.proxies import FreezableProxy
 
 AMQP_URL_ENV = "SIGNALBUS_TEST_RABBITMQ_URL"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
-
-
-def with_vhost(url: str, vhost: str) -> str:
-    """Return ``url`` pointing at ``vhost`` instead of its own virtual host."""
-    return urlunsplit(urlsplit(url)._replace(path="/" + quote(vhost, safe="")))
-
-
-def rabbitmqctl(*args: str) -> str:
-    """Run ``rabbitmqctl`` (which must be on PATH, run as root or the rabbitmq user)."""
-    if shutil.which("rabbitmqctl") is None:
-        pytest.fail("rabbitmqctl is not on PATH; the test needs it to control the broker")
-    result = subprocess.run(
-        ["rabbitmqctl", *args], capture_output=True, text=True, timeout=60, check=False
-    )
-    if result.returncode != 0:
-        pytest.fail(f"rabbitmqctl {' '.join(args)} failed: {result.stderr or result.stdout}")
-    return result.stdout
 
 
 @pytest.fixture(scope="session")
@@ -82,19 +67,6 @@ def amqp_queue(amqp_channel: BlockingChannel) -> Iterator[str]:
     amqp_channel.queue_declare(name, durable=True)
     yield name
     amqp_channel.queue_delete(name)
-
-
-@pytest.fixture
-def amqp_vhost_url(amqp_url: str) -> Iterator[str]:
-    """URL of a fresh virtual host (for tests that close all of its connections)."""
-    vhost = f"signalbus-test-{uuid.uuid4().hex[:12]}"
-    user = urlsplit(amqp_url).username or "guest"
-    rabbitmqctl("add_vhost", vhost)
-    try:
-        rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
-        yield with_vhost(amqp_url, vhost)
-    finally:
-        rabbitmqctl("delete_vhost", vhost)
 
 
 @pytest.fixture

@@ -1,11 +1,12 @@
 """Broker faults against the reference app's real sidecar and a real RabbitMQ.
 
 ``flask --app refapp signalbus listen`` (or ``flushmany``) runs as a
-subprocess on a fresh database and a fresh virtual host, reached as a user with
-a password; a consumer thread records the ``message_id`` of every message
-delivered to a queue bound to the app's topic exchange. Whatever the fault,
-every row must end up delivered, its table empty; messages may only be
-duplicated within a burst whose publishing failed.
+subprocess on a fresh database and a fresh virtual host of the session's own
+RabbitMQ node (:mod:`tests.rabbitmq_node`: stopping it disturbs no other broker),
+reached as a user with a password; a consumer thread records the ``message_id``
+of every message delivered to a queue bound to the app's topic exchange.
+Whatever the fault, every row must end up delivered, its table empty; messages
+may only be duplicated within a burst whose publishing failed.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from refapp.models import db
 from signalbus.conninfo import libpq_conninfo
 from signalbus.triggers import check_signal_triggers
 from tests.processes import FLASK, OutputProcess
-from tests.rabbitmq_fixtures import rabbitmqctl
+from tests.rabbitmq_node import RabbitNode
 from tests.waiting import wait_until
 
 PASSWORD = "br0ker-s3cret-Pw"
@@ -93,20 +94,21 @@ def database(database_url: str) -> Iterator[Database]:
 
 
 @pytest.fixture(scope="module")
-def broker_user(amqp_url: str) -> Iterator[str]:
+def broker_user(rabbit_node: RabbitNode) -> Iterator[str]:
     """A broker user with a password, for the app (the tests use the admin URL)."""
     name = f"signalbus-faults-{uuid.uuid4().hex[:8]}"
-    rabbitmqctl("add_user", name, PASSWORD)
+    rabbit_node.ctl("add_user", name, PASSWORD)
     try:
         yield name
     finally:
-        rabbitmqctl("delete_user", name)
+        rabbit_node.ctl("delete_user", name)
 
 
 class Broker:
-    """The test's virtual host: admin operations on it, and the app's URL."""
+    """The test's virtual host on the session's node: admin operations on it, the app's URL."""
 
-    def __init__(self, admin_url: str, user: str) -> None:
+    def __init__(self, node: RabbitNode, admin_url: str, user: str) -> None:
+        self.node = node
         self.admin_url = admin_url
         parts = urlsplit(admin_url)
         self.vhost = unquote(parts.path[1:])
@@ -153,14 +155,14 @@ class Broker:
         self.run(lambda channel: channel.queue_purge(queue))
 
     def close_all_connections(self) -> None:
-        rabbitmqctl("close_all_connections", "--vhost", self.vhost, "broker fault test")
+        self.node.ctl("close_all_connections", "--vhost", self.vhost, "broker fault test")
 
 
 @pytest.fixture
-def broker(amqp_vhost_url: str, broker_user: str) -> Broker:
-    rabbitmqctl("set_permissions", "-p", unquote(urlsplit(amqp_vhost_url).path[1:]),
-                broker_user, ".*", ".*", ".*")  # fmt: skip
-    return Broker(amqp_vhost_url, broker_user)
+def broker(rabbit_node: RabbitNode, rabbit_vhost_url: str, broker_user: str) -> Broker:
+    broker = Broker(rabbit_node, rabbit_vhost_url, broker_user)
+    rabbit_node.ctl("set_permissions", "-p", broker.vhost, broker_user, ".*", ".*", ".*")
+    return broker
 
 
 class Consumer:
@@ -344,11 +346,12 @@ def test_connections_closed_by_the_broker_mid_drain(
 def test_broker_stopped_and_started_while_rows_keep_coming(
     database: Database, broker: Broker, consumer: Consumer, listener: Sidecar
 ) -> None:
+    node = broker.node
     broker.declare("order.#")
     ids = set(database.insert(PLACED, 10))
     wait_delivered(consumer, database, ids)
     try:
-        rabbitmqctl("stop_app")
+        node.ctl("stop_app")
         ids.update(database.insert(PLACED, 10))
         listener.wait_for_output("Sending OrderPlacedSignal signals failed")
         ids.update(database.insert(PLACED, 10))
@@ -356,8 +359,8 @@ def test_broker_stopped_and_started_while_rows_keep_coming(
         ids.update(database.insert(SHIPPED, 5))
         assert listener.process.poll() is None
     finally:
-        rabbitmqctl("start_app")
-        rabbitmqctl("await_startup")
+        node.ctl("start_app")
+        node.ctl("await_startup")
     ids.update(database.insert(PLACED, 10))
     wait_delivered(consumer, database, ids, timeout=90)
     assert listener.process.poll() is None

@@ -13,7 +13,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from signalbus.rabbitmq import ConfirmTimeout, ConnectionFailed, Message, Publisher
 from tests.proxies import FreezableProxy
 from tests.publisher_checks import SECRET_IN_URL, assert_secret_hidden, drain
-from tests.rabbitmq_fixtures import rabbitmqctl
+from tests.rabbitmq_node import RabbitNode
 
 
 def closed_port() -> int:
@@ -92,21 +92,21 @@ def test_dead_connection_found_while_publishing_is_replaced(
 
 
 def test_connection_closed_by_broker_reconnects(
-    amqp_vhost_url: str, caplog: pytest.LogCaptureFixture
+    rabbit_node: RabbitNode, rabbit_vhost_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    vhost = pika.URLParameters(amqp_vhost_url).virtual_host
-    admin = pika.BlockingConnection(pika.URLParameters(amqp_vhost_url))
+    vhost = pika.URLParameters(rabbit_vhost_url).virtual_host
+    admin = pika.BlockingConnection(pika.URLParameters(rabbit_vhost_url))
     channel = admin.channel()
     channel.queue_declare("q", durable=True)
     admin.close()
-    publisher = Publisher(amqp_vhost_url, timeout=10)
+    publisher = Publisher(rabbit_vhost_url, timeout=10)
     try:
         publisher.publish_messages([Message(b"before", routing_key="q")])
-        rabbitmqctl("close_all_connections", "--vhost", vhost, "signalbus test")
+        rabbit_node.ctl("close_all_connections", "--vhost", vhost, "signalbus test")
         publisher.publish_messages([Message(b"after", routing_key="q")])
     finally:
         publisher.close()
-    admin = pika.BlockingConnection(pika.URLParameters(amqp_vhost_url))
+    admin = pika.BlockingConnection(pika.URLParameters(rabbit_vhost_url))
     try:
         got = drain(admin.channel(), "q", 2)
     finally:

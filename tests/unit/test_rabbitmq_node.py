@@ -11,6 +11,7 @@ import pytest
 
 from tests.rabbitmq_node import RabbitNode
 
+TESTS = Path(__file__).resolve().parent.parent
 SCRIPTS = Path("/opt/rabbitmq/sbin")
 
 #: What a RabbitMQ installed as a service answers to by default.
@@ -76,3 +77,14 @@ def test_environment_reads_nothing_of_the_system_node(node: RabbitNode, tmp_path
         "RABBITMQ_PID_FILE",
     ):
         assert Path(env[key]).is_relative_to(tmp_path), key
+
+
+def test_no_other_test_module_runs_the_rabbitmq_scripts() -> None:
+    """Only tests/rabbitmq_node.py may start ``rabbitmq-server`` or run ``rabbitmqctl``."""
+    script = re.compile(r"""["'](rabbitmqctl|rabbitmq-server)["']""")
+    running = {
+        path.relative_to(TESTS).as_posix()
+        for path in TESTS.rglob("*.py")
+        if path != Path(__file__).resolve() and script.search(path.read_text())
+    }
+    assert running == {"rabbitmq_node.py"}
