@@ -16,6 +16,7 @@ from .conninfo import connection_defaults
 from .errors import NotASignalModelError
 from .flush import ModelFlusher
 from .model import SignalModel, is_signal_model, lacks_single_send, signal_table
+from .redaction import Redactor
 from .triggers import payload_name
 
 if TYPE_CHECKING:
@@ -114,6 +115,13 @@ class SignalBus:
     def engine_for(self, model: SignalModel) -> Engine:
         """Return the engine of *model*'s bind (needs an app context)."""
         return self.db.engines[signal_table(model).metadata.info.get("bind_key")]
+
+    def redactor(self) -> Redactor:
+        """Return a redactor of the passwords of every database of the app (needs an app context).
+
+        For the texts of database errors: a driver's message may quote a password.
+        """
+        return Redactor.for_urls(*(engine.url for engine in self.db.engines.values()))
 
 
 def table_name(table: sa.Table) -> str:

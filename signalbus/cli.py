@@ -9,26 +9,31 @@ from typing import Any
 
 import click
 from flask import current_app
-from flask.cli import with_appcontext
+from flask.cli import ScriptInfo, with_appcontext
 from sqlalchemy.exc import DBAPIError
 
 from .bus import SignalBus
 from .config import channel_setting
 from .errors import ConfigurationError, failure_details, one_line
 from .model import SignalModel, get_burst_count
-from .redaction import Redactor
 
 logger = logging.getLogger(__name__)
 
 
 class SignalBusGroup(click.Group):
-    """A command group that reports database errors on one line, without a traceback."""
+    """A command group that reports database errors on one line, without a traceback.
+
+    The driver's message is redacted: it may quote a password of the app's databases.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except DBAPIError as error:
-            raise click.ClickException(f"Database error: {one_line(error)}") from None
+            # The command's app context has ended by now; the app's engines need one.
+            with ctx.ensure_object(ScriptInfo).load_app().app_context():
+                redact = get_signalbus().redactor()
+            raise click.ClickException(f"Database error: {redact(one_line(error))}") from None
 
 
 @click.group("signalbus", cls=SignalBusGroup)
@@ -73,7 +78,7 @@ def flush_each(
     signalbus: SignalBus, models: Sequence[SignalModel]
 ) -> tuple[int, list[SignalModel]]:
     """Flush every model, logging (not raising) a failing send; return (sent, failed)."""
-    redact = Redactor.for_urls(*(signalbus.engine_for(model).url for model in models))
+    redact = signalbus.redactor()
     sent, failed = 0, []
     for model in models:
         try:

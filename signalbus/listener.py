@@ -141,7 +141,7 @@ class Listener:
         self._connecting = False
         self._tables = signalbus.get_signal_tables()
         engines = {model: signalbus.engine_for(model) for model in served}
-        self._redact = Redactor.for_urls(*(engine.url for engine in engines.values()))
+        self._redact = signalbus.redactor()
         self._flushers = {
             model: _Flusher(
                 signalbus,

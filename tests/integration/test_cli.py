@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from click.testing import Result
@@ -162,6 +163,19 @@ def test_database_error_is_one_line_without_password(unreachable_app: Flask) -> 
     assert result.output.startswith("Error: Database error: OperationalError:")
     assert len(result.output.strip().splitlines()) == 1
     assert "s3cret" not in result.output
+
+
+def test_database_error_quoting_the_password_is_redacted(
+    unreachable_app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def pending_count(self: object, model: type) -> int:
+        driver_error = psycopg.OperationalError('bad option near "s3cret"')
+        raise sa.exc.OperationalError("SELECT", {}, driver_error)
+
+    monkeypatch.setattr("signalbus.bus.SignalBus.pending_count", pending_count)
+    result = unreachable_app.test_cli_runner().invoke(args=["signalbus", "pending"])
+    assert result.exit_code == 1
+    assert result.output == 'Error: Database error: OperationalError: bad option near "***"\n'
 
 
 def test_flushmany_without_database_logs_each_signal_and_exits_1(
