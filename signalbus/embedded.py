@@ -61,7 +61,7 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 from sqlalchemy.engine import URL
 
-from .redaction import Redactor
+from .redaction import Redactor, redact_url
 
 __all__ = ["EmbeddedPostgres", "EmbeddedPostgresError", "default_data_dir", "start"]
 
@@ -125,7 +125,7 @@ class EmbeddedPostgres:
     @property
     def display_url(self) -> str:
         """:attr:`url` fit for printing: its password replaced by ``***``."""
-        return self._url().render_as_string(hide_password=True)
+        return redact_url(self._url())
 
     def _url(self) -> URL:
         return URL.create(
@@ -610,12 +610,17 @@ def _check_password_required(server: EmbeddedPostgres) -> None:
             return
         raise EmbeddedPostgresError(  # not the refusal we expect ("too many clients"...)
             f"cannot connect to the embedded PostgreSQL in {server.pgdata}: "
-            f"{Redactor([server.password]).redact(str(exc)).strip()}"
+            f"{_redacted(server, exc)}"
         ) from None
     raise EmbeddedPostgresError(
         f"the embedded PostgreSQL in {server.pgdata} accepts connections without password; "
         f"delete {server.data_dir} to start over with a new cluster"
     )
+
+
+def _redacted(server: EmbeddedPostgres, error: BaseException) -> str:
+    """The text of a connection *error*, without the server's password."""
+    return Redactor.for_urls(server.url).redact(str(error)).strip()
 
 
 # --- database ----------------------------------------------------------------------------------
@@ -628,8 +633,7 @@ def _create_database(server: EmbeddedPostgres) -> None:
     except psycopg.OperationalError as exc:
         raise EmbeddedPostgresError(
             f"cannot connect to the embedded PostgreSQL at {server.display_url} with the "
-            f"password in {server.data_dir / PASSWORD_NAME}: "
-            f"{Redactor([server.password]).redact(str(exc)).strip()}"
+            f"password in {server.data_dir / PASSWORD_NAME}: {_redacted(server, exc)}"
         ) from None
     with conn:
         exists = conn.execute(
