@@ -46,7 +46,7 @@ from signalbus.bus import table_name
 from signalbus.errors import one_line
 from signalbus.listener import Listener, listener_from_config
 from signalbus.rabbitmq import CONFIG_URL_KEY, Message
-from signalbus.redaction import redact_url
+from signalbus.redaction import Redactor, redact_url
 
 from . import create_app, database_uri
 from .models import SignalMixin, db
@@ -78,7 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"error: {error}")
         return 1
     except sa.exc.DBAPIError as error:
-        say(f"database error: {one_line(error)}")
+        # The driver's message may quote the connection string: mask DATABASE_URL's password.
+        redact = Redactor.for_urls(os.environ.get("DATABASE_URL", ""))
+        say(f"database error: {redact(one_line(error))}")
         return 1
 
 
