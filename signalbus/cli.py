@@ -13,7 +13,7 @@ from flask.cli import ScriptInfo, with_appcontext
 from sqlalchemy.exc import DBAPIError
 
 from .bus import SignalBus
-from .config import channel_setting
+from .config import DEFAULT_CONFIG, SWEEP_INTERVAL, channel_setting
 from .errors import ConfigurationError, failure_details, one_line
 from .model import SignalModel, get_burst_count
 
@@ -147,7 +147,8 @@ def pending_command() -> None:
 @click.option(
     "--sweep-interval",
     type=click.FloatRange(min=0, min_open=True),
-    help="Also flush every signal every SECONDS  [default: SIGNALBUS_SWEEP_INTERVAL, 60].",
+    help=f"Also flush every signal every SECONDS  "
+    f"[default: {SWEEP_INTERVAL}, {DEFAULT_CONFIG[SWEEP_INTERVAL]:g}].",
     metavar="SECONDS",
 )
 @with_appcontext
@@ -177,8 +178,9 @@ def listen_command(signal_names: tuple[str, ...], sweep_interval: float | None) 
 def triggers_command(install: bool) -> None:
     """Show whether each signal table has its notification trigger.
 
-    Exits with status 1 when a trigger is missing (or on another channel than
-    SIGNALBUS_CHANNEL), unless --install created it.
+    Exits with status 1 unless every trigger is installed on SIGNALBUS_CHANNEL:
+    a table is missing (run flask db upgrade; --install leaves it missing), or
+    a trigger is missing or on another channel and --install was not given.
     """
     from .triggers import check_signal_triggers
 
