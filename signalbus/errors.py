@@ -1,9 +1,12 @@
 """The exceptions of signalbus, and describing errors for log lines and messages.
 
-Every exception signalbus defines derives from :class:`SignalBusError`, and
-also from the built-in exception callers caught before it existed
+The errors signalbus raises about its settings, signal models and publishing
+(:class:`~signalbus.rabbitmq.PublishError`) derive from :class:`SignalBusError`,
+and also from the built-in exception callers caught before it existed
 (``ValueError`` for bad settings, ``RuntimeError`` for a model that is not a
-signal model), so that ``except ValueError`` keeps working.
+signal model), so that ``except ValueError`` keeps working. Two stand apart:
+:class:`~signalbus.DBSerializationError`, which ``@db.atomic`` retries on, and
+the embedded server's ``EmbeddedPostgresError``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ __all__ = [
 
 
 class SignalBusError(Exception):
-    """The base of every exception signalbus raises on purpose."""
+    """The base of the errors signalbus raises about its settings, signal models and publishing."""
 
 
 class ConfigurationError(SignalBusError, ValueError):
