@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigurationError, MissingSettingError
+from .redaction import redact_url
 
 __all__ = [
     "CHANNEL",
@@ -83,8 +84,6 @@ class PublisherSettings:
     timeout: float
 
     def __repr__(self) -> str:
-        from .redaction import redact_url
-
         return f"PublisherSettings(url={redact_url(self.url)!r}, timeout={self.timeout!r})"
 
 

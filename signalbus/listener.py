@@ -2,10 +2,9 @@
 
 A :class:`Listener` keeps one :class:`~signalbus.notifications.Subscription`
 per database: a connection ``LISTEN``-ing on the signal channel. The triggers
-notify that channel with
-the name of the table that got rows; the listener maps the name to a signal
-model and asks that model's *flusher* to flush it with
-:meth:`SignalBus.flush_model`. Notifications are only hints (a lost one
+notify that channel with the name of the table that got rows; the listener
+maps the name to a signal model and asks that model's *flusher* to flush it
+with :meth:`SignalBus.flush_model`. Notifications are only hints (a lost one
 costs latency, never a row): every model is also flushed once after each
 (re)connect and then every ``sweep_interval`` seconds.
 

@@ -191,7 +191,7 @@ def _statuses(
         existing = {
             name
             for name, model in tables.items()
-            if inspector.has_table(signal_table(model).name, schema=signal_table(model).schema)
+            if inspector.has_table((table := signal_table(model)).name, schema=table.schema)
         }
         found = trigger_channels(connection)
         if install:
