@@ -13,19 +13,13 @@ from pika.adapters.blocking_connection import BlockingChannel
 from signalbus.rabbitmq import ConfirmTimeout, ConnectionFailed, Message, Publisher
 from tests.proxies import FreezableProxy
 from tests.publisher_checks import SECRET_IN_URL, assert_secret_hidden, drain
-from tests.rabbitmq_node import RabbitNode
-
-
-def closed_port() -> int:
-    """A local TCP port nobody listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.rabbitmq_node import RabbitNode, free_ports
 
 
 def test_closed_port_raises_connection_failed(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    url = f"amqp://guest:{SECRET_IN_URL}@127.0.0.1:{closed_port()}/%2F"
+    closed_port = free_ports(1)[0]  # nobody listens on it
+    url = f"amqp://guest:{SECRET_IN_URL}@127.0.0.1:{closed_port}/%2F"
     publisher = Publisher(url, timeout=10)
     message = Message(b"x", routing_key="q")
     with pytest.raises(ConnectionFailed) as caught:
