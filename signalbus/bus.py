@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 
 from .atomic import check_mixed_into_sqlalchemy, check_mixin_order
 from .config import DEFAULT_CONFIG
+from .connections import PooledConnections
 from .conninfo import connection_defaults
 from .errors import NotASignalModelError
 from .flush import ModelFlusher
@@ -92,10 +93,28 @@ class SignalBus:
         *stop*, when given, is asked before each burst; when it returns true the
         flush ends early, between two bursts.
         """
+        with PooledConnections(self.engine_for(model)) as connections:
+            return self.flusher(model).flush(connections, stop).sent
+
+    def flusher(self, model: SignalModel) -> ModelFlusher:
+        """Return the :class:`~signalbus.flush.ModelFlusher` of *model* (made once)."""
         flusher = self._flushers.get(model)
         if flusher is None:
             flusher = self._flushers[model] = ModelFlusher(model)
-        return flusher.flush(self.engine_for(model), stop)
+        return flusher
+
+    def models_with_rows(self, models: Iterable[SignalModel]) -> list[SignalModel]:
+        """Return those of *models* whose table has rows: one statement per database.
+
+        This is how the listener sweeps: one short transaction finds the
+        tables to flush, however many models it serves.
+        """
+        found: list[SignalModel] = []
+        for engine, group in _group_by_engine(self, models).items():
+            with engine.connect() as connection:
+                indexes = connection.execute(_tables_with_rows([signal_table(m) for m in group]))
+                found += [group[index] for (index,) in indexes]
+        return found
 
     def pending_count(self, model: SignalModel) -> int:
         """Return how many rows of signal model *model* wait to be sent."""
@@ -127,6 +146,25 @@ class SignalBus:
 def table_name(table: sa.Table) -> str:
     """Return *table*'s name as its trigger's notifications carry it (see :func:`payload_name`)."""
     return payload_name(table.name, table.schema)
+
+
+def _group_by_engine(
+    signalbus: SignalBus, models: Iterable[SignalModel]
+) -> dict[Engine, list[SignalModel]]:
+    groups: dict[Engine, list[SignalModel]] = {}
+    for model in models:
+        groups.setdefault(signalbus.engine_for(model), []).append(model)
+    return groups
+
+
+def _tables_with_rows(tables: Sequence[sa.Table]) -> sa.CompoundSelect[Any]:
+    """``SELECT 0 WHERE EXISTS (SELECT FROM t0) UNION ALL SELECT 1 WHERE EXISTS …``."""
+    return sa.union_all(
+        *(
+            sa.select(sa.literal(index)).where(sa.exists().select_from(table))
+            for index, table in enumerate(tables)
+        )
+    )
 
 
 def get_models_to_flush(signalbus: SignalBus, model_names: Sequence[str]) -> list[SignalModel]:

@@ -13,7 +13,7 @@ from flask.cli import ScriptInfo, with_appcontext
 from sqlalchemy.exc import DBAPIError
 
 from .bus import SignalBus
-from .config import DEFAULT_CONFIG, SWEEP_INTERVAL, channel_setting
+from .config import DEFAULT_CONFIG, MAX_WORKERS, SWEEP_INTERVAL, WORKERS, channel_setting
 from .errors import ConfigurationError, failure_details, one_line
 from .model import SignalModel, get_burst_count
 
@@ -147,12 +147,20 @@ def pending_command() -> None:
 @click.option(
     "--sweep-interval",
     type=click.FloatRange(min=0, min_open=True),
-    help=f"Also flush every signal every SECONDS  "
+    help=f"Also flush every signal whose table has rows every SECONDS  "
     f"[default: {SWEEP_INTERVAL}, {DEFAULT_CONFIG[SWEEP_INTERVAL]:g}].",
     metavar="SECONDS",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1, max=MAX_WORKERS),
+    help=f"Flush with N threads  [default: {WORKERS}, {DEFAULT_CONFIG[WORKERS]}].",
+    metavar="N",
+)
 @with_appcontext
-def listen_command(signal_names: tuple[str, ...], sweep_interval: float | None) -> None:
+def listen_command(
+    signal_names: tuple[str, ...], sweep_interval: float | None, workers: int | None
+) -> None:
     """Send the signals of SIGNAL_NAMES (all signals if none are given) as they commit.
 
     Runs until SIGTERM or SIGINT, then exits once the burst in flight is done.
@@ -165,7 +173,11 @@ def listen_command(signal_names: tuple[str, ...], sweep_interval: float | None) 
     check_burst_counts(models)
     try:
         listener = listener_from_config(
-            get_signalbus(), current_app.config, models, sweep_interval=sweep_interval
+            get_signalbus(),
+            current_app.config,
+            models,
+            sweep_interval=sweep_interval,
+            workers=workers,
         )
     except ConfigurationError as error:
         raise click.ClickException(f"Bad configuration: {error}") from None

@@ -24,15 +24,18 @@ __all__ = [
     "DEFAULT_CONFIG",
     "MAX_CHANNEL_BYTES",
     "MAX_SECONDS",
+    "MAX_WORKERS",
     "PROBE_INTERVAL",
     "RABBITMQ_TIMEOUT",
     "RABBITMQ_URL",
     "SWEEP_INTERVAL",
+    "WORKERS",
     "ListenerSettings",
     "PublisherSettings",
     "channel_setting",
     "check_channel",
     "check_seconds",
+    "check_workers",
     "listener_settings",
     "publisher_settings",
 ]
@@ -43,6 +46,8 @@ CHANNEL = "SIGNALBUS_CHANNEL"
 SWEEP_INTERVAL = "SIGNALBUS_SWEEP_INTERVAL"
 #: Seconds a silent LISTEN connection waits before it is probed.
 PROBE_INTERVAL = "SIGNALBUS_PROBE_INTERVAL"
+#: How many worker threads of a listener flush its models.
+WORKERS = "SIGNALBUS_WORKERS"
 #: The broker of :func:`signalbus.rabbitmq.publisher_from_config`.
 RABBITMQ_URL = "SIGNALBUS_RABBITMQ_URL"
 #: Seconds a publish call may take, connecting included.
@@ -54,6 +59,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     CHANNEL: DEFAULT_CHANNEL,
     SWEEP_INTERVAL: 60.0,
     PROBE_INTERVAL: 60.0,
+    WORKERS: 4,
     RABBITMQ_URL: None,
     RABBITMQ_TIMEOUT: 30.0,
 }
@@ -63,6 +69,9 @@ MAX_CHANNEL_BYTES = 63
 
 #: The longest interval or timeout taken, in seconds: a week.
 MAX_SECONDS = 7 * 24 * 3600.0
+
+#: The most workers a listener may have: each may hold two connections per database.
+MAX_WORKERS = 64
 
 _RABBITMQ_URL_EXAMPLE = "amqp://user:password@localhost:5672/%2F"
 
@@ -74,6 +83,7 @@ class ListenerSettings:
     channel: str
     sweep_interval: float
     probe_interval: float
+    workers: int
 
 
 @dataclass(frozen=True)
@@ -93,15 +103,24 @@ def channel_setting(config: Mapping[str, Any]) -> str:
 
 
 def listener_settings(
-    config: Mapping[str, Any], *, sweep_interval: float | None = None
+    config: Mapping[str, Any],
+    *,
+    sweep_interval: float | None = None,
+    workers: int | None = None,
 ) -> ListenerSettings:
-    """Return the checked listener settings of *config*; *sweep_interval* overrides its key."""
+    """Return the checked listener settings of *config*.
+
+    *sweep_interval* and *workers*, when given, override their keys.
+    """
     if sweep_interval is None:
         sweep_interval = _get(config, SWEEP_INTERVAL)
+    if workers is None:
+        workers = _get(config, WORKERS)
     return ListenerSettings(
         channel=channel_setting(config),
         sweep_interval=check_seconds(SWEEP_INTERVAL, sweep_interval),
         probe_interval=check_seconds(PROBE_INTERVAL, _get(config, PROBE_INTERVAL)),
+        workers=check_workers(WORKERS, workers),
     )
 
 
@@ -149,6 +168,22 @@ def check_seconds(name: str, value: Any) -> float:
             f"{name} must be a positive number of seconds, at most {MAX_SECONDS:g}, not {value!r}"
         )
     return seconds
+
+
+def check_workers(name: str, value: Any) -> int:
+    """Return *value* as a number of workers, 1 to :data:`MAX_WORKERS`.
+
+    Integer strings are taken too; anything else raises :class:`ConfigurationError`.
+    """
+    try:
+        workers = int(value) if isinstance(value, int | str) else 0
+    except ValueError:
+        workers = 0
+    if isinstance(value, bool) or not 1 <= workers <= MAX_WORKERS:
+        raise ConfigurationError(
+            f"{name} must be a whole number from 1 to {MAX_WORKERS}, not {value!r}"
+        )
+    return workers
 
 
 def _get(config: Mapping[str, Any], key: str) -> Any:

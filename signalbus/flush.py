@@ -9,19 +9,19 @@ from __future__ import annotations
 import contextlib
 import operator
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine, RootTransaction, Row
+from sqlalchemy.engine import Connection, RootTransaction, Row
 from sqlalchemy.sql.dml import ReturningDelete
 
 from .atomic import retry_on_deadlock
+from .connections import ASYNC_COMMIT, BurstConnections
 from .model import SignalModel, get_burst_count, send_rows, signal_table
 
-__all__ = ["ModelFlusher"]
+__all__ = ["FlushResult", "ModelFlusher"]
 
 #: Bursts at least this big are pipelined: the next burst is fetched while the
 #: current one is being sent. Smaller ones are not worth a second connection.
@@ -54,6 +54,16 @@ def build_delete_statement(model: SignalModel) -> ReturningDelete[Any]:
     return sa.delete(table).where(sa.tuple_(*key_columns).in_(burst)).returning(*returned)
 
 
+@dataclass(frozen=True)
+class FlushResult:
+    """What one flush did."""
+
+    #: Rows sent (and deleted).
+    sent: int
+    #: False when the flush stopped early, between two bursts, and rows may be left.
+    drained: bool
+
+
 @dataclass
 class Burst:
     """Rows deleted by a transaction that is still open."""
@@ -62,10 +72,9 @@ class Burst:
     transaction: RootTransaction
     rows: list[Row[Any]]
 
-    def commit(self) -> None:
-        # Losing this commit in a crash only sends the rows again, which
-        # at-least-once allows; not waiting for the WAL flush shortens every burst.
-        self.connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+    def commit(self, per_burst_settings: bool) -> None:
+        if per_burst_settings:
+            self.connection.exec_driver_sql(f"SET LOCAL {ASYNC_COMMIT}")
         self.transaction.commit()
 
     def rollback(self) -> None:
@@ -78,7 +87,7 @@ class ModelFlusher:
     A burst's rows are deleted, sent, and only then committed; a send that
     raises rolls its burst back and the exception propagates. Rows go out in
     primary-key order. Full bursts of :data:`PIPELINE_MIN_BURST` rows or more
-    are pipelined: while one burst is being sent, a second connection already
+    are pipelined: while one burst is being sent, the second connection already
     deletes (without committing) the next one, which ``SKIP LOCKED`` keeps
     disjoint from the first. If a send fails, both are rolled back.
     """
@@ -90,39 +99,52 @@ class ModelFlusher:
         keys = [mapper.get_property_by_column(column).key for column in mapper.primary_key]
         self.sort_key = operator.attrgetter(*keys)
 
-    def flush(self, engine: Engine, stop: Callable[[], bool] | None = None) -> int:
-        """Send every pending row; return how many. *stop* is asked before each burst."""
+    def flush(
+        self,
+        connections: BurstConnections,
+        stop: Callable[[], bool] | None = None,
+        yield_to_others: Callable[[], bool] | None = None,
+    ) -> FlushResult:
+        """Send pending rows on *connections* until none is left; return what was done.
+
+        *stop* is asked before each burst, *yield_to_others* after each one:
+        when either returns true the flush ends there, between two bursts.
+        """
         burst_count = get_burst_count(self.model)
         should_stop = stop or _never
+        should_yield = yield_to_others or _never
         pipelined = burst_count >= PIPELINE_MIN_BURST
-        sent = 0
+        sent, current = 0, 0
         upcoming: Future[Burst] | None = None
-        executor: ThreadPoolExecutor | None = None
-        with ExitStack() as stack:
-            connections = [_connect(engine, stack)]
+        try:
             while not should_stop():
-                burst = upcoming.result() if upcoming else self._fetch(connections[0], burst_count)
-                upcoming = None
+                if upcoming is None:
+                    burst = self._fetch(connections, current, burst_count)
+                else:
+                    burst, upcoming = upcoming.result(), None
                 if not burst.rows:
                     burst.rollback()
-                    break
+                    return FlushResult(sent, drained=True)
                 full = len(burst.rows) == burst_count
-                if pipelined and full and not should_stop():
-                    if executor is None:  # only a backlog is worth a second connection
-                        connections.append(_connect(engine, stack))
-                        executor = stack.enter_context(ThreadPoolExecutor(1, "signalbus-prefetch"))
-                    connections.reverse()
-                    upcoming = executor.submit(self._fetch, connections[0], burst_count)
-                self._send(burst, upcoming)
+                if pipelined and full and not (should_stop() or should_yield()):
+                    current = 1 - current  # the other connection deletes the next burst
+                    upcoming = connections.prefetcher().submit(
+                        self._fetch, connections, current, burst_count
+                    )
+                self._send(burst, connections.per_burst_settings)
                 sent += len(burst.rows)
                 if not full:
+                    return FlushResult(sent, drained=True)
+                if should_yield():
                     break
+            return FlushResult(sent, drained=False)
+        finally:
             if upcoming is not None:
                 _roll_back_when_done(upcoming)
-        return sent
 
     @retry_on_deadlock()
-    def _fetch(self, connection: Connection, burst_count: int) -> Burst:
+    def _fetch(self, connections: BurstConnections, index: int, burst_count: int) -> Burst:
+        connection = connections.get(index)
         transaction = connection.begin()
         try:
             rows = list(connection.execute(self.statement, {"burst_count": burst_count}))
@@ -132,7 +154,9 @@ class ModelFlusher:
         rows.sort(key=self.sort_key)
         return Burst(connection, transaction, rows)
 
-    def _send(self, burst: Burst, upcoming: Future[Burst] | None) -> None:
+    def _send(self, burst: Burst, per_burst_settings: bool) -> None:
+        """Send the burst and commit it; a failed send rolls it back (the prefetched one
+        is rolled back by :meth:`flush`)."""
         try:
             send_rows(self.model, burst.rows)
         except BaseException:
@@ -140,20 +164,12 @@ class ModelFlusher:
             # fails too, and the server rolls the burst back when the connection goes.
             with contextlib.suppress(Exception):
                 burst.rollback()
-            if upcoming is not None:
-                _roll_back_when_done(upcoming)
             raise
-        burst.commit()
+        burst.commit(per_burst_settings)
 
 
 def _never() -> bool:
     return False
-
-
-def _connect(engine: Engine, stack: ExitStack) -> Connection:
-    connection = stack.enter_context(engine.connect())
-    # SKIP LOCKED under REPEATABLE READ would fail on rows another flusher deleted.
-    return connection.execution_options(isolation_level="READ COMMITTED")
 
 
 def _roll_back_when_done(upcoming: Future[Burst]) -> None:

@@ -1,25 +1,26 @@
-"""The LISTEN loop: wake-ups, sweeps, reconnects, backoff and shutdown.
+"""The listener: wake-ups, sweeps, reconnects, backoff and shutdown.
 
 A :class:`Listener` keeps one :class:`~signalbus.notifications.Subscription`
 per database: a connection ``LISTEN``-ing on the signal channel. The triggers
 notify that channel with the name of the table that got rows; the listener
-maps the name to a signal model and asks that model's *flusher* to flush it
-with :meth:`SignalBus.flush_model`. Notifications are only hints (a lost one
-costs latency, never a row): every model is also flushed once after each
-(re)connect and then every ``sweep_interval`` seconds.
+maps the name to a signal model and asks its
+:class:`~signalbus.schedule.FlushQueue` for a flush of that model.
+Notifications are only hints (a lost one costs latency, never a row): after
+each (re)connect and then every ``sweep_interval`` seconds, a sweep asks for
+every model whose table has rows, in one statement per database.
 
-Each served model has its own flusher thread, so a model whose send fails or
-hangs never delays the others; its :class:`~signalbus.schedule.FlushSchedule`
-says when a flush is due. A failing model is retried with capped, jittered
-exponential backoff; its rows stay in the table meanwhile.
+A fixed pool of ``workers`` threads (:class:`~signalbus.worker.Worker`) takes
+the due models from the queue and flushes them, one worker per model at a
+time, fairly: a model whose send fails or hangs never delays the others. A
+failing model is retried with capped, jittered exponential backoff; its rows
+stay in the table meanwhile.
 
 A LISTEN connection silent for ``probe_interval`` seconds is probed with
 ``SELECT 1``, which must be answered within :data:`PROBE_TIMEOUT` seconds (a
 half-open connection fails here); TCP keepalives watch the peer in between. A
 lost connection is reopened with backoff, its database's pooled connections are
-dropped, and every model is flushed (catch-up). Against an idle database a
-listener runs one transaction per model per sweep interval and one per probe
-interval.
+dropped, and a sweep catches up. Against an idle database a listener runs one
+transaction per sweep interval and one per probe interval.
 
 :meth:`Listener.stop` (or ``SIGTERM``/``SIGINT``) ends the flushes between two
 bursts; a burst still being sent after :data:`SHUTDOWN_GRACE` seconds is left
@@ -41,24 +42,24 @@ from typing import Any
 
 import psycopg
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
 
-from .backoff import Backoff
 from .bus import SignalBus
 from .config import (
     DEFAULT_CHANNEL,
     DEFAULT_CONFIG,
     PROBE_INTERVAL,
     SWEEP_INTERVAL,
+    WORKERS,
     check_channel,
     check_seconds,
+    check_workers,
     listener_settings,
 )
-from .errors import failure_details, one_line
+from .errors import one_line
 from .model import SignalModel
 from .notifications import Subscription, WakePipe
-from .redaction import Redactor
-from .schedule import FlushSchedule
+from .schedule import FlushQueue
+from .worker import Worker
 
 __all__ = ["Listener", "listener_from_config"]
 
@@ -70,7 +71,7 @@ MAX_BACKOFF = 30.0
 #: Seconds a probe may take before the connection is deemed dead.
 PROBE_TIMEOUT = 10.0
 
-#: Seconds the flushers get to finish their burst on :meth:`Listener.stop`.
+#: Seconds the workers get to finish their burst on :meth:`Listener.stop`.
 SHUTDOWN_GRACE = 1.5
 
 _LOGGED_PAYLOAD_CHARS = 64
@@ -82,20 +83,23 @@ def listener_from_config(
     models: Sequence[SignalModel] | None = None,
     *,
     sweep_interval: float | None = None,
+    workers: int | None = None,
     app: Any = None,
 ) -> Listener:
     """Create a :class:`Listener` configured by the ``SIGNALBUS_*`` keys of *config*.
 
-    *sweep_interval*, when given, overrides ``SIGNALBUS_SWEEP_INTERVAL``. Raises
-    :class:`~signalbus.errors.ConfigurationError` naming the key of a bad setting.
+    *sweep_interval* and *workers*, when given, override ``SIGNALBUS_SWEEP_INTERVAL``
+    and ``SIGNALBUS_WORKERS``. Raises :class:`~signalbus.errors.ConfigurationError`
+    naming the key of a bad setting.
     """
-    settings = listener_settings(config, sweep_interval=sweep_interval)
+    settings = listener_settings(config, sweep_interval=sweep_interval, workers=workers)
     return Listener(
         signalbus,
         models,
         channel=settings.channel,
         sweep_interval=settings.sweep_interval,
         probe_interval=settings.probe_interval,
+        workers=settings.workers,
         app=app,
     )
 
@@ -107,7 +111,7 @@ class Listener:
     *channel* is the notification channel of the triggers. :meth:`run` blocks
     until :meth:`stop` is called, or, when run in the main thread, until
     ``SIGTERM`` or ``SIGINT``. Create it inside the app context of
-    ``signalbus.db`` (or pass *app*); the flusher threads push that app's context.
+    ``signalbus.db`` (or pass *app*); the worker threads push that app's context.
     """
 
     def __init__(
@@ -119,6 +123,7 @@ class Listener:
         sweep_interval: float = DEFAULT_CONFIG[SWEEP_INTERVAL],
         probe_interval: float = DEFAULT_CONFIG[PROBE_INTERVAL],
         max_backoff: float = MAX_BACKOFF,
+        workers: int = DEFAULT_CONFIG[WORKERS],
         app: Any = None,
     ) -> None:
         if app is None:
@@ -141,28 +146,31 @@ class Listener:
         self._tables = signalbus.get_signal_tables()
         engines = {model: signalbus.engine_for(model) for model in served}
         self._redact = signalbus.redactor()
-        self._flushers = {
-            model: _Flusher(
+        self._served = set(served)
+        self._queue: FlushQueue[SignalModel] = FlushQueue(served, sweep_interval, max_backoff)
+        self._workers = [
+            Worker(
+                f"signalbus-worker-{number}",
                 signalbus,
-                model,
-                app,
+                served,
+                self._queue,
                 self._stopping,
-                FlushSchedule(sweep_interval, Backoff(0.5, max_backoff)),
+                app,
                 self._redact,
             )
-            for model in served
-        }
+            for number in range(1, check_workers("workers", workers) + 1)
+        ]
         self._subscriptions = [
             Subscription(engine, channel, group, max_backoff)
             for engine, group in _group_by_engine(engines).items()
         ]
 
     def run(self) -> None:
-        """Listen and flush until stopped; returns once the flushers are done."""
+        """Listen and flush until stopped; returns once the workers are done."""
         restore = self._handle_signals()
         try:
-            for flusher in self._flushers.values():
-                flusher.start()
+            for worker in self._workers:
+                worker.start()
             self._loop()
         finally:
             self._shut_down()
@@ -171,8 +179,7 @@ class Listener:
     def stop(self) -> None:
         """Ask :meth:`run` to return; safe to call from any thread."""
         self._stopping.set()
-        for flusher in self._flushers.values():
-            flusher.request()
+        self._queue.close()
         self._wake_pipe.wake()
 
     def _loop(self) -> None:
@@ -236,8 +243,7 @@ class Listener:
             logger.info("Reconnected to %s; catching up.", subscription.description)
             # The server may have restarted: drop the pooled connections it killed.
             subscription.engine.dispose()
-        for model in subscription.models:
-            self._flushers[model].request(catch_up=True)
+        self._queue.sweep(catch_up=True)
         if all(s.connection is not None for s in self._subscriptions):
             self.ready.set()
         self._receive(subscription)
@@ -261,7 +267,7 @@ class Listener:
         )
 
     def _dispatch(self, payloads: Iterable[str]) -> None:
-        """Wake the flusher of each model named by *payloads*, once per model."""
+        """Ask for a flush of each model named by *payloads*, once per model."""
         woken: set[SignalModel] = set()
         for payload in payloads:
             model = self._tables.get(payload)
@@ -271,9 +277,9 @@ class Listener:
                     self.channel,
                     _shorten(payload),
                 )
-            elif model not in woken and model in self._flushers:
+            elif model not in woken and model in self._served:
                 woken.add(model)
-                self._flushers[model].request()
+                self._queue.request(model)
 
     def _handle_signals(self) -> Callable[[], None]:
         """Make SIGTERM and SIGINT stop the listener; return a function undoing it."""
@@ -300,12 +306,12 @@ class Listener:
     def _shut_down(self) -> None:
         self.stop()
         deadline = time.monotonic() + SHUTDOWN_GRACE
-        for flusher in self._flushers.values():
-            flusher.join(deadline - time.monotonic())
-        for flusher in self._flushers.values():
-            if flusher.is_alive():
+        for worker in self._workers:
+            worker.join(deadline - time.monotonic())
+        for worker in self._workers:
+            if worker.is_alive() and worker.current is not None:
                 logger.warning(
-                    "%s is still sending; its burst will be rolled back.", flusher.model.__name__
+                    "%s is still sending; its burst will be rolled back.", worker.current.__name__
                 )
         for subscription in self._subscriptions:
             subscription.close()
@@ -318,93 +324,6 @@ class _Interrupted(BaseException):
     """A stop signal arrived while the main thread was connecting."""
 
 
-class _Flusher:
-    """The thread flushing one model when its :class:`FlushSchedule` says so."""
-
-    def __init__(
-        self,
-        signalbus: SignalBus,
-        model: SignalModel,
-        app: Any,
-        stopping: threading.Event,
-        schedule: FlushSchedule,
-        redact: Redactor,
-    ) -> None:
-        self.signalbus = signalbus
-        self.model = model
-        self.app = app
-        self._stopping = stopping
-        self._schedule = schedule
-        self._redact = redact
-        self._requested = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"signalbus-{model.__name__}", daemon=True
-        )
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def join(self, timeout: float) -> None:
-        if self._thread.ident is not None:
-            self._thread.join(max(0.0, timeout))
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def request(self, *, catch_up: bool = False) -> None:
-        """Ask for a flush; *catch_up* also cuts short a pending retry's backoff."""
-        if catch_up:
-            self._schedule.request_catch_up()
-        self._requested.set()
-
-    def _run(self) -> None:
-        with self.app.app_context():
-            while self._wait():
-                self._flush()
-
-    def _wait(self) -> bool:
-        """Wait until a flush is due; return false when stopping."""
-        while True:
-            self._requested.wait(self._schedule.timeout())
-            if self._stopping.is_set():
-                return False
-            self._requested.clear()
-            if self._schedule.is_due():
-                return True
-
-    def _flush(self) -> None:
-        try:
-            self._flush_once()
-        except Exception as error:
-            self._failed(error)
-        else:
-            if self._schedule.failing:
-                logger.info("Sending %s signals works again.", self.model.__name__)
-            self._schedule.succeeded()
-
-    def _flush_once(self) -> None:
-        stop = self._stopping.is_set
-        try:
-            self.signalbus.flush_model(self.model, stop=stop)
-        except DBAPIError as error:
-            if not _is_connection_error(error):
-                raise
-            # Likely a pooled connection the server has closed: it is discarded
-            # now, so one more try (at once) gets a fresh one unless the server is down.
-            self.signalbus.flush_model(self.model, stop=stop)
-
-    def _failed(self, error: Exception) -> None:
-        delay = self._schedule.failed()
-        # A send's traceback helps, once per failure streak.
-        details = failure_details(error, with_traceback=self._schedule.failures == 1)
-        logger.error(
-            "Sending %s signals failed; its rows are kept, retrying in %.1f s%s",
-            self.model.__name__,
-            delay,
-            self._redact(details),
-        )
-
-
 def _group_by_engine(
     engines: dict[SignalModel, Engine],
 ) -> dict[Engine, list[SignalModel]]:
@@ -412,10 +331,6 @@ def _group_by_engine(
     for model, engine in engines.items():
         groups.setdefault(engine, []).append(model)
     return groups
-
-
-def _is_connection_error(error: DBAPIError) -> bool:
-    return error.connection_invalidated or isinstance(error.orig, psycopg.OperationalError)
 
 
 def _shorten(payload: str) -> str:

@@ -407,13 +407,13 @@ def test_survives_a_database_outage(spawn, database: Database, database_url: str
         try:
             database.terminate(database.other_backends())
             listener.wait_for_output("Cannot listen on")
-            listener.wait_for_output("Sending Tick signals failed")
+            listener.wait_for_output("Sweeping failed")
             database.insert("tick", 1, 10)
         finally:
             admin.execute((allow % "true").encode())
     listener.wait_for_output("Reconnected", timeout=40)
     wait_until(lambda: sorted(database.sent()) == list(range(1, 11)), what="the catch-up")
-    listener.wait_for_output("Sending Tick signals works again")
+    listener.wait_for_output("Sweeping works again")
     database.insert("tick", 11)
     wait_until(lambda: len(database.sent()) == 11, timeout=2, what="a row after the outage")
     assert PASSWORD not in listener.output

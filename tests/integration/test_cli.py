@@ -195,6 +195,8 @@ def test_flushmany_without_database_logs_each_signal_and_exits_1(
         ("SIGNALBUS_SWEEP_INTERVAL", "abc", "SIGNALBUS_SWEEP_INTERVAL must be a positive number"),
         ("SIGNALBUS_PROBE_INTERVAL", 0, "SIGNALBUS_PROBE_INTERVAL must be a positive number"),
         ("SIGNALBUS_CHANNEL", "x" * 64, f"SIGNALBUS_CHANNEL {'x' * 64!r} is longer than 63"),
+        ("SIGNALBUS_WORKERS", 0, "SIGNALBUS_WORKERS must be a whole number from 1 to 64"),
+        ("SIGNALBUS_WORKERS", "many", "SIGNALBUS_WORKERS must be a whole number from 1 to 64"),
     ],
 )
 def test_listen_rejects_bad_configuration(

@@ -1,13 +1,14 @@
-"""The flush schedule of one model, on a clock the test turns."""
+"""The listener's flush queue, on a clock the test turns."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
-from signalbus.backoff import Backoff
-from signalbus.schedule import FlushSchedule
+from signalbus.schedule import SWEEP, FlushQueue
 
-SWEEP = 60.0
+SWEEP_INTERVAL = 60.0
 
 
 class Clock:
@@ -24,56 +25,153 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def schedule(clock: Clock) -> FlushSchedule:
-    return FlushSchedule(SWEEP, Backoff(0.5, 30.0), clock)
+def queue(clock: Clock) -> FlushQueue[str]:
+    return FlushQueue(["a", "b", "c"], SWEEP_INTERVAL, 30.0, clock)
 
 
-def test_a_healthy_model_sweeps_and_answers_every_request(
-    schedule: FlushSchedule, clock: Clock
+def take_now(queue: FlushQueue[str]) -> object:
+    """What :meth:`FlushQueue.take` hands out at once (fails the test rather than block)."""
+    result: list[object] = []
+    thread = threading.Thread(target=lambda: result.append(queue.take()), daemon=True)
+    thread.start()
+    thread.join(2)
+    if thread.is_alive():
+        queue.close()
+        thread.join(2)
+        pytest.fail("take() waited although something was due")
+    return result[0]
+
+
+def test_requests_are_served_first_come_first_served_once_each(queue: FlushQueue[str]) -> None:
+    for model in ("b", "a", "b"):
+        queue.request(model)
+    assert take_now(queue) == "b"
+    assert take_now(queue) == "a"
+    queue.close()
+    assert queue.take() is None
+
+
+def test_a_model_is_given_to_one_worker_at_a_time_and_requeued_when_asked_meanwhile(
+    queue: FlushQueue[str],
 ) -> None:
-    assert schedule.timeout() == pytest.approx(SWEEP)
-    assert schedule.is_due()  # a request
-    clock.now += SWEEP + 1
-    assert schedule.timeout() == 0.0
-    schedule.succeeded()
-    assert schedule.timeout() == pytest.approx(SWEEP)
-    assert not schedule.failing
+    queue.request("a")
+    assert take_now(queue) == "a"
+    queue.request("a")  # a notification while "a" is being flushed
+    queue.request("b")
+    assert take_now(queue) == "b"
+    assert not queue.others_waiting()
+    queue.done("a", drained=True)
+    assert take_now(queue) == "a"
 
 
-def test_a_failure_waits_for_its_retry_and_ignores_plain_requests(
-    schedule: FlushSchedule, clock: Clock
+def test_an_unfinished_flush_goes_to_the_back_of_the_queue(queue: FlushQueue[str]) -> None:
+    queue.request("a")
+    assert take_now(queue) == "a"
+    queue.request("b")
+    assert queue.others_waiting()  # the flush of "a" ends after its burst
+    queue.done("a", drained=False)
+    assert take_now(queue) == "b"
+    assert take_now(queue) == "a"
+
+
+def test_a_drained_model_is_not_queued_again(queue: FlushQueue[str]) -> None:
+    queue.request("a")
+    assert take_now(queue) == "a"
+    queue.done("a", drained=True)
+    queue.sweep()
+    assert take_now(queue) is SWEEP  # nothing else is due
+
+
+def test_a_failed_model_waits_for_its_retry_and_ignores_plain_requests(
+    queue: FlushQueue[str], clock: Clock
 ) -> None:
-    delay = schedule.failed()
-    assert 0.25 <= delay <= 0.5
-    assert schedule.failing and schedule.failures == 1
-    assert schedule.timeout() == pytest.approx(delay)
-    assert not schedule.is_due()  # a notification while backing off
+    queue.request("a")
+    assert take_now(queue) == "a"
+    delay = queue.failed("a")
+    assert 0.25 <= delay <= 0.5 and queue.failures("a") == 1
+    queue.request("a")
+    queue.request("b")
+    assert take_now(queue) == "b"
     clock.now += delay
-    assert schedule.is_due()
+    assert take_now(queue) == "a"
+    queue.done("a", drained=True)
+    assert queue.failures("a") == 0
 
 
-def test_a_catch_up_cuts_the_backoff_short_once(schedule: FlushSchedule) -> None:
-    schedule.failed()
-    schedule.request_catch_up()
-    assert schedule.is_due()
-    assert not schedule.is_due()
+def test_a_catch_up_cuts_the_backoff_short(queue: FlushQueue[str]) -> None:
+    queue.request("a")
+    take_now(queue)
+    queue.failed("a")
+    queue.request("a", catch_up=True)
+    assert take_now(queue) == "a"
 
 
-def test_delays_double_up_to_the_cap(schedule: FlushSchedule, clock: Clock) -> None:
-    ceilings = []
+def test_a_catch_up_sweep_cuts_every_backoff_short(queue: FlushQueue[str]) -> None:
+    for model in ("a", "b"):
+        queue.request(model)
+        take_now(queue)
+        queue.failed(model)
+    queue.sweep(catch_up=True)
+    assert take_now(queue) is SWEEP
+    queue.swept(ok=True)
+    queue.request("b")
+    assert take_now(queue) == "b"
+
+
+def test_retry_delays_double_up_to_the_cap(clock: Clock) -> None:
+    queue = FlushQueue(["a"], 3600.0, 30.0, clock)
+    delays = []
     for _ in range(10):
-        delay = schedule.failed()
-        ceilings.append(delay)
-        clock.now += delay
-    assert schedule.failures == 10
-    assert all(delay <= 30.0 for delay in ceilings)
-    assert ceilings[-1] >= 15.0  # the ceiling reached the cap
+        queue.request("a")
+        assert take_now(queue) == "a"
+        delays.append(queue.failed("a"))
+        clock.now += delays[-1]
+    assert queue.failures("a") == 10
+    assert all(delay <= 30.0 for delay in delays)
+    assert delays[-1] >= 15.0
 
 
-def test_a_success_ends_the_failure_streak(schedule: FlushSchedule, clock: Clock) -> None:
-    for _ in range(3):
-        clock.now += schedule.failed()
-    schedule.succeeded()
-    assert not schedule.failing and schedule.failures == 0
-    assert schedule.timeout() == pytest.approx(SWEEP)
-    assert 0.25 <= schedule.failed() <= 0.5
+def test_the_sweep_comes_every_interval_and_one_at_a_time(
+    queue: FlushQueue[str], clock: Clock
+) -> None:
+    clock.now += SWEEP_INTERVAL
+    queue.request("a")
+    assert take_now(queue) is SWEEP
+    queue.sweep()  # asked for while one runs: it comes after
+    assert take_now(queue) == "a"
+    assert queue.swept(ok=True) == SWEEP_INTERVAL
+    assert take_now(queue) is SWEEP
+
+
+def test_a_failed_sweep_is_retried_sooner_than_the_interval(
+    queue: FlushQueue[str], clock: Clock
+) -> None:
+    queue.sweep()
+    assert take_now(queue) is SWEEP
+    delay = queue.swept(ok=False)
+    assert delay <= 0.5 and queue.sweep_failures() == 1
+    clock.now += delay
+    assert take_now(queue) is SWEEP
+    queue.swept(ok=True)
+    assert queue.sweep_failures() == 0
+
+
+def test_take_waits_until_something_is_due(queue: FlushQueue[str]) -> None:
+    taken: list[object] = []
+    worker = threading.Thread(target=lambda: taken.append(queue.take()), daemon=True)
+    worker.start()
+    worker.join(0.05)
+    assert worker.is_alive() and not taken
+    queue.request("c")
+    worker.join(2)
+    assert taken == ["c"]
+
+
+def test_close_releases_every_waiting_worker(queue: FlushQueue[str]) -> None:
+    workers = [threading.Thread(target=queue.take, daemon=True) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    queue.close()
+    for worker in workers:
+        worker.join(2)
+        assert not worker.is_alive()

@@ -1,0 +1,146 @@
+"""The listener's workers: a fixed pool of threads that flush the models due.
+
+Each :class:`Worker` takes what the :class:`~signalbus.schedule.FlushQueue`
+hands out (a model, or the sweep), runs it through the bus, and reports back.
+A worker owns its database connections (two at most per database, detached
+from the app's pool) and, through the publisher's per-thread connections, its
+broker connection: the listener's resources grow with its workers, never with
+the models it serves.
+
+Why a burst can never wait for a connection its own worker's other burst
+holds: a worker's connections are its own, opened on demand and never shared
+or pooled, so a flush never waits for any pool at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+
+from .bus import SignalBus
+from .connections import OwnedConnections
+from .errors import failure_details, one_line
+from .flush import FlushResult
+from .model import SignalModel
+from .redaction import Redactor
+from .schedule import SWEEP, FlushQueue
+
+__all__ = ["Worker"]
+
+logger = logging.getLogger("signalbus.listener")
+
+
+class Worker:
+    """One thread flushing the models a :class:`FlushQueue` hands out, until it closes."""
+
+    def __init__(
+        self,
+        name: str,
+        signalbus: SignalBus,
+        models: Sequence[SignalModel],
+        queue: FlushQueue[SignalModel],
+        stopping: threading.Event,
+        app: Any,
+        redact: Redactor,
+    ) -> None:
+        self.signalbus = signalbus
+        self.models = models
+        self.queue = queue
+        self.app = app
+        self._stopping = stopping
+        self._redact = redact
+        self._connections: dict[Engine, OwnedConnections] = {}
+        #: The model being flushed, if any (for the shutdown message).
+        self.current: SignalModel | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        if self._thread.ident is not None:
+            self._thread.join(max(0.0, timeout))
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        with self.app.app_context():
+            try:
+                while (task := self.queue.take()) is not None:
+                    if task is SWEEP:
+                        self._sweep()
+                    else:
+                        self._flush(task)
+            finally:
+                for connections in self._connections.values():
+                    connections.close()
+
+    def _sweep(self) -> None:
+        failing = self.queue.sweep_failures() > 0
+        try:
+            found = self.signalbus.models_with_rows(self.models)
+        except Exception as error:
+            delay = self.queue.swept(ok=False)
+            logger.warning(
+                "Sweeping failed (%s); sweeping again in %.1f s.",
+                self._redact(one_line(error)),
+                delay,
+            )
+            return
+        if failing:
+            logger.info("Sweeping works again.")
+        self.queue.swept(ok=True)
+        for model in found:
+            self.queue.request(model)
+
+    def _flush(self, model: SignalModel) -> None:
+        failing = self.queue.failures(model) > 0
+        self.current = model
+        try:
+            result = self._flush_once(model)
+        except Exception as error:
+            delay = self.queue.failed(model)
+            # A send's traceback helps, once per failure streak.
+            details = failure_details(error, with_traceback=self.queue.failures(model) == 1)
+            logger.error(
+                "Sending %s signals failed; its rows are kept, retrying in %.1f s%s",
+                model.__name__,
+                delay,
+                self._redact(details),
+            )
+        else:
+            if failing:
+                logger.info("Sending %s signals works again.", model.__name__)
+            self.queue.done(model, drained=result.drained)
+        finally:
+            self.current = None
+
+    def _flush_once(self, model: SignalModel) -> FlushResult:
+        flusher = self.signalbus.flusher(model)
+        connections = self._connections_to(self.signalbus.engine_for(model))
+        try:
+            return flusher.flush(connections, self._stopping.is_set, self.queue.others_waiting)
+        except DBAPIError as error:
+            connections.close()  # they may be broken; the next flush opens new ones
+            if not (error.connection_invalidated or _is_operational(error)):
+                raise
+            # Likely a connection the server closed (a restart): one more try, at
+            # once, on a fresh connection, unless the server is down.
+            return flusher.flush(connections, self._stopping.is_set, self.queue.others_waiting)
+
+    def _connections_to(self, engine: Engine) -> OwnedConnections:
+        connections = self._connections.get(engine)
+        if connections is None:
+            connections = self._connections[engine] = OwnedConnections(engine)
+        return connections
+
+
+def _is_operational(error: DBAPIError) -> bool:
+    return isinstance(error.orig, psycopg.OperationalError)
