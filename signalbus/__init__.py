@@ -3,7 +3,7 @@
 from . import alembic as _alembic  # noqa: F401  (registers op.*_signal_trigger)
 from .atomic import AtomicProceduresMixin, DBSerializationError, retry_on_deadlock
 from .bus import SignalBus, SignalBusMixin, get_models_to_flush
-from .errors import ConfigurationError, NotASignalModelError, SignalBusError
+from .errors import ConfigurationError, NotASignalModelError, OutageError, SignalBusError
 from .model import SignalModel
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "ConfigurationError",
     "DBSerializationError",
     "NotASignalModelError",
+    "OutageError",
     "SignalBus",
     "SignalBusError",
     "SignalBusMixin",

@@ -19,6 +19,7 @@ __all__ = [
     "ConfigurationError",
     "MissingSettingError",
     "NotASignalModelError",
+    "OutageError",
     "SignalBusError",
     "failure_details",
     "one_line",
@@ -38,6 +39,16 @@ class MissingSettingError(ConfigurationError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""  # KeyError would quote it
+
+
+class OutageError(SignalBusError):
+    """A send failed because the service it sends to is unavailable, not because of its rows.
+
+    Down, unreachable, stalled, or missing what it needs (a closed channel, a
+    missing exchange). A send method may raise a subclass of its own: the
+    listener then holds every model and probes the service about every second,
+    instead of backing each model off.
+    """
 
 
 class NotASignalModelError(SignalBusError, RuntimeError):

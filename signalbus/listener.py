@@ -58,7 +58,7 @@ from .config import (
 from .errors import one_line
 from .model import SignalModel
 from .notifications import Subscription, WakePipe
-from .schedule import FlushQueue
+from .schedule import OUTAGE_PROBE_MAX, FlushQueue
 from .worker import Worker
 
 __all__ = ["Listener", "listener_from_config"]
@@ -147,7 +147,9 @@ class Listener:
         engines = {model: signalbus.engine_for(model) for model in served}
         self._redact = signalbus.redactor()
         self._served = set(served)
-        self._queue: FlushQueue[SignalModel] = FlushQueue(served, sweep_interval, max_backoff)
+        self._queue: FlushQueue[SignalModel] = FlushQueue(
+            served, sweep_interval, max_backoff, resource_of=engines.__getitem__
+        )
         self._workers = [
             Worker(
                 f"signalbus-worker-{number}",
@@ -157,11 +159,12 @@ class Listener:
                 self._stopping,
                 app,
                 self._redact,
+                self._database_works,
             )
             for number in range(1, check_workers("workers", workers) + 1)
         ]
         self._subscriptions = [
-            Subscription(engine, channel, group, max_backoff)
+            Subscription(engine, channel, group, OUTAGE_PROBE_MAX)
             for engine, group in _group_by_engine(engines).items()
         ]
 
@@ -243,6 +246,7 @@ class Listener:
             logger.info("Reconnected to %s; catching up.", subscription.description)
             # The server may have restarted: drop the pooled connections it killed.
             subscription.engine.dispose()
+        self._queue.available(subscription.engine)
         self._queue.sweep(catch_up=True)
         if all(s.connection is not None for s in self._subscriptions):
             self.ready.set()
@@ -280,6 +284,16 @@ class Listener:
             elif model not in woken and model in self._served:
                 woken.add(model)
                 self._queue.request(model)
+
+    def _database_works(self, engine: Engine) -> None:
+        """Reconnect a lost LISTEN to *engine*'s database at once: a flush there worked.
+
+        Called by the workers, from their threads.
+        """
+        for subscription in self._subscriptions:
+            if subscription.engine is engine and subscription.connection is None:
+                subscription.retry_at = 0.0
+                self._wake_pipe.wake()
 
     def _handle_signals(self) -> Callable[[], None]:
         """Make SIGTERM and SIGINT stop the listener; return a function undoing it."""

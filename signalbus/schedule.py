@@ -14,6 +14,11 @@ one first-in, first-out queue that the workers take from:
 - while a model backs off after a failure, requests for it are answered by
   its retry, unless they come with ``catch_up`` (the database was reconnected).
 
+An outage (a database or the broker that cannot be reached, see
+:meth:`FlushQueue.outage`) holds the models that depend on it: instead of
+each backing off, one of them at a time probes the service every second or
+so, and the first flush that works releases them all at once.
+
 Every *sweep_interval* seconds, and when asked to (:meth:`FlushQueue.sweep`),
 :meth:`FlushQueue.take` hands out :data:`SWEEP` instead of a model: the worker
 then asks for the models whose tables have rows.
@@ -27,16 +32,19 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Generic, Literal, TypeVar
 
 from .backoff import Backoff
 
-__all__ = ["SWEEP", "FlushQueue", "Sweep"]
+__all__ = ["OUTAGE_PROBE_MAX", "SENDING", "SWEEP", "FlushQueue", "Sweep"]
 
 M = TypeVar("M")
+
+#: Seconds at most between two probes of an unavailable service.
+OUTAGE_PROBE_MAX = 1.0
 
 
 class Sweep(Enum):
@@ -48,6 +56,9 @@ class Sweep(Enum):
 #: What :meth:`FlushQueue.take` returns when the sweep is due.
 SWEEP: Literal[Sweep.SWEEP] = Sweep.SWEEP
 
+#: The resource of an outage of the sends (the broker): every model depends on it.
+SENDING = "sending"
+
 
 @dataclass
 class _State:
@@ -58,6 +69,15 @@ class _State:
     queued: bool = False
     running: bool = False
     again: bool = False
+
+
+@dataclass
+class _Outage:
+    """A service found unavailable: the models depending on it wait for a probe."""
+
+    backoff: Backoff
+    probe_at: float
+    probing: bool = False
 
 
 @dataclass
@@ -77,9 +97,13 @@ class FlushQueue(Generic[M]):
         sweep_interval: float,
         max_backoff: float,
         clock: Callable[[], float] = time.monotonic,
+        resource_of: Callable[[M], Hashable] = lambda model: None,
     ) -> None:
+        """*resource_of* names the service (the database) each model depends on."""
         self.sweep_interval = sweep_interval
         self._clock = clock
+        self._resource_of = resource_of
+        self._outages: dict[Hashable, _Outage] = {}
         self._states = {model: _State(Backoff(0.5, max_backoff)) for model in models}
         self._ready: deque[M] = deque()
         self._sweep = _SweepState(Backoff(0.5, max_backoff), clock() + sweep_interval)
@@ -120,8 +144,8 @@ class FlushQueue(Generic[M]):
                 if not sweep.running and (sweep.requested or now >= sweep.due_at):
                     sweep.running, sweep.requested = True, False
                     return SWEEP
-                if self._ready:
-                    model = self._ready.popleft()
+                model = self._next_model(now)
+                if model is not None:
                     state = self._states[model]
                     state.queued, state.running = False, True
                     return model
@@ -130,31 +154,67 @@ class FlushQueue(Generic[M]):
 
     def others_waiting(self) -> bool:
         """Whether a model waits for a worker: a flush then ends after its burst."""
-        return bool(self._ready)
+        with self._changed:
+            return any(not self._held(model) for model in self._ready)
 
     def failures(self, model: M) -> int:
         """How many flushes of *model* in a row have failed."""
         return self._states[model].backoff.attempts
 
     def done(self, model: M, *, drained: bool) -> None:
-        """Record a flush of *model* that worked; queue it again unless *drained*."""
+        """Record a flush of *model* that worked; queue it again unless *drained*.
+
+        It ends the outages of what *model* depends on.
+        """
         with self._changed:
             state = self._states[model]
             state.running, state.retry_at = False, None
             state.backoff.reset()
+            for resource in (SENDING, self._resource_of(model)):
+                self._outages.pop(resource, None)
             if state.again or not drained:
                 state.again = False
                 self._enqueue(model, state)
+            self._changed.notify_all()  # the models held by those outages may go
 
     def failed(self, model: M) -> float:
         """Record a flush of *model* that failed; return the seconds until its retry."""
         with self._changed:
+            self._end_probe(model)
             state = self._states[model]
             state.running, state.again = False, False
             delay = state.backoff.next()
             state.retry_at = self._clock() + delay
             self._changed.notify_all()  # a waiting worker may have to wake earlier
             return delay
+
+    def outage(self, model: M, resource: Hashable) -> float:
+        """Record a flush of *model* that failed because *resource* is unavailable.
+
+        *resource* is :data:`SENDING` (the broker) or what ``resource_of``
+        returns for *model*. The models depending on it are held; *model* is
+        queued first, to probe it. Returns the seconds until that probe.
+        """
+        with self._changed:
+            self._end_probe(model)
+            state = self._states[model]
+            state.running, state.again = False, False
+            outage = self._outages.get(resource)
+            if outage is None:
+                outage = self._outages[resource] = _Outage(Backoff(0.25, OUTAGE_PROBE_MAX), 0.0)
+            delay = outage.backoff.next()
+            outage.probe_at = self._clock() + delay
+            if not state.queued:
+                state.queued = True
+                self._ready.appendleft(model)
+            self._changed.notify_all()
+            return delay
+
+    def available(self, resource: Hashable) -> None:
+        """End the outage of *resource*: it was found working (e.g. a LISTEN reconnected)."""
+        with self._changed:
+            if self._outages.pop(resource, None) is not None:
+                self._changed.notify_all()
 
     def sweep_failures(self) -> int:
         """How many sweeps in a row have failed."""
@@ -165,9 +225,11 @@ class FlushQueue(Generic[M]):
         with self._changed:
             sweep = self._sweep
             sweep.running = False
-            if ok:
+            if ok:  # every database answered
                 sweep.backoff.reset()
                 delay = self.sweep_interval
+                for resource in [key for key in self._outages if key != SENDING]:
+                    del self._outages[resource]
             else:
                 delay = min(self.sweep_interval, sweep.backoff.next())
             sweep.due_at = self._clock() + delay
@@ -185,6 +247,31 @@ class FlushQueue(Generic[M]):
         self._ready.append(model)
         self._changed.notify()
 
+    def _held(self, model: M) -> bool:
+        return SENDING in self._outages or self._resource_of(model) in self._outages
+
+    def _next_model(self, now: float) -> M | None:
+        """Take the first queued model not held by an outage, or else one to probe with."""
+        for model in self._ready:
+            if not self._held(model):
+                self._ready.remove(model)
+                return model
+        for resource, outage in self._outages.items():
+            if outage.probing or now < outage.probe_at:
+                continue
+            for model in self._ready:
+                if resource in (SENDING, self._resource_of(model)):
+                    outage.probing = True
+                    self._ready.remove(model)
+                    return model
+        return None
+
+    def _end_probe(self, model: M) -> None:
+        for resource in (SENDING, self._resource_of(model)):
+            outage = self._outages.get(resource)
+            if outage is not None:
+                outage.probing = False
+
     def _enqueue_retries(self, now: float) -> None:
         for model, state in self._states.items():
             if state.retry_at is not None and now >= state.retry_at:
@@ -194,6 +281,7 @@ class FlushQueue(Generic[M]):
     def _timeout(self, now: float) -> float | None:
         """Seconds until a retry or the sweep is due; ``None``: until something changes."""
         due = [state.retry_at for state in self._states.values() if state.retry_at is not None]
+        due += [outage.probe_at for outage in self._outages.values() if not outage.probing]
         if not self._sweep.running:
             due.append(self._sweep.due_at)
         return max(0.0, min(due) - now) if due else None

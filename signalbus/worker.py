@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import psycopg
@@ -25,11 +25,11 @@ from sqlalchemy.exc import DBAPIError
 
 from .bus import SignalBus
 from .connections import OwnedConnections
-from .errors import failure_details, one_line
+from .errors import OutageError, failure_details, one_line
 from .flush import FlushResult
 from .model import SignalModel
 from .redaction import Redactor
-from .schedule import SWEEP, FlushQueue
+from .schedule import SENDING, SWEEP, FlushQueue
 
 __all__ = ["Worker"]
 
@@ -48,13 +48,16 @@ class Worker:
         stopping: threading.Event,
         app: Any,
         redact: Redactor,
+        database_works: Callable[[Engine], None],
     ) -> None:
+        """*database_works* is called with the engine of every flush that worked."""
         self.signalbus = signalbus
         self.models = models
         self.queue = queue
         self.app = app
         self._stopping = stopping
         self._redact = redact
+        self._database_works = database_works
         self._connections: dict[Engine, OwnedConnections] = {}
         #: The model being flushed, if any (for the shutdown message).
         self.current: SignalModel | None = None
@@ -97,15 +100,35 @@ class Worker:
         if failing:
             logger.info("Sweeping works again.")
         self.queue.swept(ok=True)
+        for engine in {self.signalbus.engine_for(model) for model in self.models}:
+            self._database_works(engine)
         for model in found:
             self.queue.request(model)
 
     def _flush(self, model: SignalModel) -> None:
         failing = self.queue.failures(model) > 0
+        engine = self.signalbus.engine_for(model)
         self.current = model
         try:
-            result = self._flush_once(model)
+            result = self._flush_once(model, engine)
         except Exception as error:
+            self._failed(model, engine, error)
+        else:
+            if failing:
+                logger.info("Sending %s signals works again.", model.__name__)
+            self.queue.done(model, drained=result.drained)
+            self._database_works(engine)
+        finally:
+            self.current = None
+
+    def _failed(self, model: SignalModel, engine: Engine, error: Exception) -> None:
+        """Report a failed flush: an outage of its database or broker, or the model's own."""
+        resource: Hashable
+        if isinstance(error, DBAPIError) and _is_connection_error(error):
+            what, resource = "the database is unavailable", engine
+        elif isinstance(error, OutageError):
+            what, resource = "the broker is unavailable", SENDING
+        else:
             delay = self.queue.failed(model)
             # A send's traceback helps, once per failure streak.
             details = failure_details(error, with_traceback=self.queue.failures(model) == 1)
@@ -115,21 +138,24 @@ class Worker:
                 delay,
                 self._redact(details),
             )
-        else:
-            if failing:
-                logger.info("Sending %s signals works again.", model.__name__)
-            self.queue.done(model, drained=result.drained)
-        finally:
-            self.current = None
+            return
+        delay = self.queue.outage(model, resource)
+        logger.warning(
+            "Sending %s signals failed, %s (%s); its rows are kept, probing again in %.1f s.",
+            model.__name__,
+            what,
+            self._redact(one_line(error)),
+            delay,
+        )
 
-    def _flush_once(self, model: SignalModel) -> FlushResult:
+    def _flush_once(self, model: SignalModel, engine: Engine) -> FlushResult:
         flusher = self.signalbus.flusher(model)
-        connections = self._connections_to(self.signalbus.engine_for(model))
+        connections = self._connections_to(engine)
         try:
             return flusher.flush(connections, self._stopping.is_set, self.queue.others_waiting)
         except DBAPIError as error:
             connections.close()  # they may be broken; the next flush opens new ones
-            if not (error.connection_invalidated or _is_operational(error)):
+            if not _is_connection_error(error):
                 raise
             # Likely a connection the server closed (a restart): one more try, at
             # once, on a fresh connection, unless the server is down.
@@ -142,5 +168,5 @@ class Worker:
         return connections
 
 
-def _is_operational(error: DBAPIError) -> bool:
-    return isinstance(error.orig, psycopg.OperationalError)
+def _is_connection_error(error: DBAPIError) -> bool:
+    return error.connection_invalidated or isinstance(error.orig, psycopg.OperationalError)

@@ -1,4 +1,4 @@
-"""A TCP proxy whose server-to-client direction can be frozen, to fake a stalled network."""
+"""A TCP proxy that fakes a stalled network (frozen) or a server that is down."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ class FreezableProxy:
     the connection stays open and TCP keeps acknowledging the client's data, but
     the client hears nothing - the way a stalled network or a half-open
     connection looks. :meth:`freeze` freezes every connection (the current ones
-    and the new ones) or one of them.
+    and the new ones) or one of them. :meth:`go_down` makes it look like a
+    server that is down, until :meth:`come_up`.
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -26,6 +27,7 @@ class FreezableProxy:
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self._frozen_all = False
+        self._down = False
         #: The thawed gate of each connection's server-to-client direction, by the
         #: connection's client port as the server sees it.
         self._gates: dict[int, threading.Event] = {}
@@ -44,6 +46,9 @@ class FreezableProxy:
             if not select.select([self._listener], [], [], 0.1)[0]:
                 continue
             client, _ = self._listener.accept()
+            if self._down:
+                client.close()  # what a client of a server that is down sees, or nearly
+                continue
             upstream = socket.create_connection(self._target)
             with self._lock:
                 gate = self._gates.get(upstream.getsockname()[1])
@@ -76,6 +81,15 @@ class FreezableProxy:
             self._frozen_all = False
             for gate in self._gates.values():
                 gate.set()
+
+    def go_down(self) -> None:
+        """Cut every connection and turn new ones away, as a server that is down would."""
+        self._down = True
+        self.drop_connections()
+
+    def come_up(self) -> None:
+        """Accept connections again."""
+        self._down = False
 
     def drop_connections(self) -> None:
         """Cut every proxied connection, as a server restart would."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..errors import SignalBusError
+from ..errors import OutageError, SignalBusError
 from .messages import Message
 
 __all__ = [
@@ -33,12 +33,12 @@ class PublishError(SignalBusError):
         self.failed: tuple[Message, ...] = tuple(failed)
 
 
-class ConnectionFailed(PublishError):
-    """The connection could not be opened, or it was lost during the call."""
+class ConnectionFailed(PublishError, OutageError):
+    """The connection could not be opened, or it was lost during the call (an outage)."""
 
 
-class ChannelClosed(PublishError):
-    """The broker closed the channel, e.g. ``404 NOT_FOUND`` for a missing exchange.
+class ChannelClosed(PublishError, OutageError):
+    """The broker closed the channel, e.g. ``404 NOT_FOUND`` for a missing exchange (an outage).
 
     :ivar reply_code: the AMQP reply code (``404``, ``403``, ``406`` ...).
     :ivar reply_text: the broker's explanation.
@@ -98,5 +98,5 @@ class MessageReturned(PublishError):
         return tuple((r.reply_code, r.reply_text) for r in self.returns)
 
 
-class ConfirmTimeout(PublishError):
-    """The broker did not confirm every message before the publisher's timeout."""
+class ConfirmTimeout(PublishError, OutageError):
+    """The broker did not confirm every message before the publisher's timeout (an outage)."""

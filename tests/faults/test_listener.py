@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import re
 import signal
 import socket
 import threading
@@ -19,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from signalbus.conninfo import libpq_conninfo
 from signalbus.listener import Listener
+from signalbus.schedule import OUTAGE_PROBE_MAX
 from signalbus.triggers import install_trigger
 from tests import listener_app
 from tests.listener_app import db
@@ -29,6 +31,10 @@ from tests.proxies import FreezableProxy
 from tests.waiting import wait_until
 
 PASSWORD = "s3cr3t-pw"
+
+#: How long the database outage of the probing test lasts: long enough for
+#: backoffs that grow with it (to 30 s) to show.
+OUTAGE_SECONDS = 20.0
 
 
 class ListenerProcess(OutputProcess):
@@ -362,29 +368,60 @@ def test_password_never_logged_even_across_reconnects(
     assert "Sending Tick signals failed" not in listener.output
 
 
-def test_a_half_open_connection_is_found_by_the_probe(
-    spawn, database: Database, database_url: str
-) -> None:
+@pytest.fixture
+def proxy(database_url: str) -> Iterator[FreezableProxy]:
+    """A proxy in front of the test server."""
     url = make_url(database_url)
     proxy = FreezableProxy(url.host or "127.0.0.1", url.port or 5432)
-    try:
-        proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(False)
-        listener = spawn(
-            "--sweep-interval", "3600", LISTENER_DATABASE_URL=proxied, LISTENER_PROBE_INTERVAL="1"
-        )
-        listener.wait_ready()
-        query = (
-            "SELECT client_port FROM pg_stat_activity "
-            "WHERE datname = %s AND application_name = 'signalbus-listener'"
-        )
-        [(client_port,)] = database.execute(query, (database.name,))
-        proxy.freeze(client_port)
-        listener.wait_for_output("no answer to a probe within 1 s", timeout=10)
-        listener.wait_for_output("Reconnected")
-        database.insert("tick", 1)
-        wait_until(lambda: database.sent() == [1], timeout=2, what="a row after the reconnect")
-    finally:
-        proxy.close()
+    yield proxy
+    proxy.close()
+
+
+def through(proxy: FreezableProxy, database_url: str) -> str:
+    """The test database's URL, leading through *proxy*."""
+    return make_url(database_url).set(host="127.0.0.1", port=proxy.port).render_as_string(False)
+
+
+def test_a_half_open_connection_is_found_by_the_probe(
+    spawn, database: Database, database_url: str, proxy: FreezableProxy
+) -> None:
+    listener = spawn(
+        "--sweep-interval",
+        "3600",
+        LISTENER_DATABASE_URL=through(proxy, database_url),
+        LISTENER_PROBE_INTERVAL="1",
+    )
+    listener.wait_ready()
+    query = (
+        "SELECT client_port FROM pg_stat_activity "
+        "WHERE datname = %s AND application_name = 'signalbus-listener'"
+    )
+    [(client_port,)] = database.execute(query, (database.name,))
+    proxy.freeze(client_port)
+    listener.wait_for_output("no answer to a probe within 1 s", timeout=10)
+    listener.wait_for_output("Reconnected")
+    database.insert("tick", 1)
+    wait_until(lambda: database.sent() == [1], timeout=2, what="a row after the reconnect")
+
+
+def test_a_long_database_outage_is_probed_at_short_intervals(
+    spawn, database: Database, database_url: str, proxy: FreezableProxy
+) -> None:
+    url = through(proxy, database_url)
+    listener = spawn("--sweep-interval", "3600", LISTENER_DATABASE_URL=url)
+    listener.wait_ready()
+    database.insert("tick", 1)
+    wait_until(lambda: database.sent() == [1], what="a row before the outage")
+    proxy.go_down()
+    listener.wait_for_output("Cannot listen on")
+    database.insert("tick", 2, 5)  # their notification is lost with the connection
+    time.sleep(OUTAGE_SECONDS)  # the outage itself: long enough for backoffs to grow
+    proxy.come_up()
+    wait_until(lambda: sorted(database.sent()) == [1, 2, 3, 4, 5], what="the catch-up")
+    retry = re.compile(r"Cannot listen on .*retrying in ([\d.]+) s")
+    delays = [float(delay) for delay in retry.findall(listener.output)]
+    assert len(delays) >= OUTAGE_SECONDS / OUTAGE_PROBE_MAX / 2
+    assert max(delays) <= OUTAGE_PROBE_MAX, listener.output
 
 
 def test_sweeps_find_rows_whose_notification_was_lost(spawn, database: Database) -> None:

@@ -43,3 +43,12 @@ def test_publisher_settings_never_show_the_password() -> None:
     settings = publisher_settings({"SIGNALBUS_RABBITMQ_URL": "amqp://u:pa55@h/"})
     assert "pa55" not in repr(settings)
     assert settings.timeout == 30.0
+
+
+def test_the_publisher_errors_that_mean_an_outage() -> None:
+    from signalbus import OutageError, rabbitmq
+
+    outages = {rabbitmq.ConnectionFailed, rabbitmq.ChannelClosed, rabbitmq.ConfirmTimeout}
+    for error in (*outages, rabbitmq.MessageNacked, rabbitmq.MessageReturned):
+        assert issubclass(error, rabbitmq.PublishError)
+        assert issubclass(error, OutageError) == (error in outages)

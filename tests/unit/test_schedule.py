@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from signalbus.schedule import SWEEP, FlushQueue
+from signalbus.schedule import OUTAGE_PROBE_MAX, SENDING, SWEEP, FlushQueue
 
 SWEEP_INTERVAL = 60.0
 
@@ -175,3 +175,76 @@ def test_close_releases_every_waiting_worker(queue: FlushQueue[str]) -> None:
     for worker in workers:
         worker.join(2)
         assert not worker.is_alive()
+
+
+@pytest.fixture
+def databases(clock: Clock) -> FlushQueue[str]:
+    """Models "a" and "b" in database 1, "c" in database 2."""
+    return FlushQueue(["a", "b", "c"], 3600.0, 30.0, clock, {"a": 1, "b": 1, "c": 2}.__getitem__)
+
+
+def test_a_database_outage_holds_its_models_and_probes_with_one(
+    databases: FlushQueue[str], clock: Clock
+) -> None:
+    databases.request("a")
+    assert take_now(databases) == "a"
+    delay = databases.outage("a", 1)
+    assert delay <= OUTAGE_PROBE_MAX
+    databases.request("b")
+    databases.request("c")
+    assert take_now(databases) == "c"  # another database: not held
+    assert not databases.others_waiting()  # "a" and "b" are held
+    clock.now += delay
+    assert take_now(databases) == "a"  # the probe, first in line
+    assert databases.outage("a", 1) <= OUTAGE_PROBE_MAX  # still down
+    clock.now += OUTAGE_PROBE_MAX
+    assert take_now(databases) == "a"
+    databases.done("a", drained=True)  # back: "b" goes at once
+    assert take_now(databases) == "b"
+
+
+def test_probe_delays_stay_short_however_long_the_outage(
+    databases: FlushQueue[str], clock: Clock
+) -> None:
+    databases.request("a")
+    for _ in range(20):
+        assert take_now(databases) == "a"
+        delay = databases.outage("a", 1)
+        assert delay <= OUTAGE_PROBE_MAX
+        clock.now += delay
+    assert databases.failures("a") == 0  # an outage is not the model's failure
+
+
+def test_a_broker_outage_holds_every_model(databases: FlushQueue[str], clock: Clock) -> None:
+    databases.request("c")
+    assert take_now(databases) == "c"
+    delay = databases.outage("c", SENDING)
+    databases.request("a")
+    assert not databases.others_waiting()
+    clock.now += delay
+    assert take_now(databases) == "c"
+    databases.done("c", drained=True)
+    assert take_now(databases) == "a"
+
+
+def test_a_database_found_working_ends_its_outage(databases: FlushQueue[str], clock: Clock) -> None:
+    databases.request("a")
+    take_now(databases)
+    databases.outage("a", 1)
+    databases.available(1)  # e.g. its LISTEN connection is back
+    assert take_now(databases) == "a"
+
+
+def test_a_sweep_that_works_ends_the_database_outages_only(
+    databases: FlushQueue[str], clock: Clock
+) -> None:
+    databases.request("a")
+    take_now(databases)
+    databases.outage("a", 1)
+    databases.request("c")
+    take_now(databases)
+    databases.outage("c", SENDING)
+    databases.sweep()
+    assert take_now(databases) is SWEEP
+    databases.swept(ok=True)
+    assert not databases.others_waiting()  # the broker is still out
