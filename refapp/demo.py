@@ -282,6 +282,10 @@ class ReportingPublisher:
         self.inner = inner
         self.tracker = tracker
 
+    def blocked(self) -> bool:
+        """Whether the broker blocks publishing."""
+        return self.inner is not None and bool(self.inner.blocked())
+
     def publish_messages(self, messages: Sequence[Message]) -> None:
         """Publish *messages*, returning once confirmed, then report them sent.
 

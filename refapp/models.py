@@ -14,7 +14,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from signalbus import AtomicProceduresMixin, SignalBusMixin
 
-from .publishing import publish
+from .publishing import blocked, publish
 
 __all__ = ["BURST_COUNT_KEY", "Order", "OrderPlacedSignal", "OrderShippedSignal", "db"]
 
@@ -99,6 +99,11 @@ class SignalMixin:
     def send_signalbus_messages(cls, rows: Any) -> None:
         """Publish a burst of rows, waiting for the broker's confirmations."""
         publish(cls, rows)
+
+    @classmethod
+    def signalbus_blocked(cls) -> bool:
+        """Whether the broker blocks publishing: no burst is started meanwhile."""
+        return blocked()
 
 
 class OrderPlacedSignal(SignalMixin, db.Model):

@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_EXCHANGE",
     "EXCHANGE_KEY",
     "PUBLISHER_KEY",
+    "blocked",
     "build_message",
     "build_messages",
     "init_publisher",
@@ -41,6 +42,12 @@ def init_publisher(app: Flask) -> None:
             app.extensions[PUBLISHER_KEY] = publisher_from_config(app.config)
         except ValueError as error:  # its message hides the password
             raise NoAppException(str(error)) from None
+
+
+def blocked() -> bool:
+    """Whether the broker blocks publishing (a resource alarm); never without a broker."""
+    publisher = current_app.extensions.get(PUBLISHER_KEY)
+    return publisher is not None and bool(publisher.blocked())
 
 
 def publish(model: type, rows: Sequence[Any]) -> None:

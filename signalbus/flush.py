@@ -19,7 +19,14 @@ from sqlalchemy.sql.dml import ReturningDelete
 
 from .atomic import retry_on_deadlock
 from .connections import ASYNC_COMMIT, BurstConnections
-from .model import SignalModel, get_burst_count, send_rows, signal_table
+from .model import (
+    SignalModel,
+    check_not_blocked,
+    get_burst_count,
+    is_blocked,
+    send_rows,
+    signal_table,
+)
 
 __all__ = ["FlushResult", "ModelFlusher"]
 
@@ -119,6 +126,7 @@ class ModelFlusher:
         try:
             while not should_stop():
                 if upcoming is None:
+                    check_not_blocked(self.model)
                     burst = self._fetch(connections, current, burst_count)
                 else:
                     burst, upcoming = upcoming.result(), None
@@ -126,7 +134,11 @@ class ModelFlusher:
                     burst.rollback()
                     return FlushResult(sent, drained=True)
                 full = len(burst.rows) == burst_count
-                if pipelined and full and not (should_stop() or should_yield()):
+                if (
+                    pipelined
+                    and full
+                    and not (should_stop() or should_yield() or is_blocked(self.model))
+                ):
                     current = 1 - current  # the other connection deletes the next burst
                     upcoming = connections.prefetcher().submit(
                         self._fetch, connections, current, burst_count

@@ -2,9 +2,11 @@
 
 A *signal model* is a mapped class of ``db.Model`` with a
 ``send_signalbus_message(cls, obj)`` class method; it may also have
-``send_signalbus_messages(cls, objs)`` for bursts, and a positive
-``signalbus_burst_count`` (default 1). :class:`SignalModel` types the class
-itself: signalbus passes classes around, never instances.
+``send_signalbus_messages(cls, objs)`` for bursts, a positive
+``signalbus_burst_count`` (default 1), and ``signalbus_blocked(cls)``, true
+while the broker blocks publishing (no burst is started then: see
+:class:`BrokerBlocked`). :class:`SignalModel` types the class itself:
+signalbus passes classes around, never instances.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from typing import Any, Protocol, TypeGuard
 
 import sqlalchemy as sa
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, OutageError
 
 __all__ = [
+    "BrokerBlocked",
     "SignalModel",
+    "check_not_blocked",
     "get_burst_count",
+    "is_blocked",
     "is_signal_model",
     "lacks_single_send",
     "send_rows",
@@ -81,3 +86,23 @@ def send_rows(model: SignalModel, rows: Sequence[Any]) -> None:
     else:
         for row in rows:
             model.send_signalbus_message(row)
+
+
+class BrokerBlocked(OutageError):
+    """The model's ``signalbus_blocked`` says the broker blocks publishing: no burst started."""
+
+
+def is_blocked(model: SignalModel) -> bool:
+    """Tell whether the model's ``signalbus_blocked()`` (if it has one) is true."""
+    blocked = getattr(model, "signalbus_blocked", None)
+    return blocked is not None and bool(blocked())
+
+
+def check_not_blocked(model: SignalModel) -> None:
+    """Raise :class:`BrokerBlocked` while :func:`is_blocked`.
+
+    A burst started against a blocked broker would hold its transaction open
+    until the publish times out.
+    """
+    if is_blocked(model):
+        raise BrokerBlocked(f"the broker blocks publishing {model.__name__} signals")

@@ -136,6 +136,7 @@ class Link:
 
     def _on_unblocked(self, _connection: Any, _frame: Any) -> None:
         self._blocked = False
+        logger.info("RabbitMQ at %s takes messages again", self._name)
 
     # -- I/O loop -----------------------------------------------------------------------
 
@@ -159,10 +160,19 @@ class Link:
         if self.error is not None:
             raise self.error
 
+    @property
+    def blocked(self) -> bool:
+        """Whether the broker blocks this connection from publishing (a resource alarm).
+
+        Up to date as of the last call that processed input (:meth:`is_usable`).
+        """
+        return self._blocked
+
     def is_usable(self) -> bool:
         """Process pending input without blocking; tell if the link can still publish.
 
-        Reveals a connection the broker closed while the link sat idle.
+        Reveals a connection the broker closed while the link sat idle, and
+        whether it blocks or unblocked publishing meanwhile.
         """
         if self.error is not None or not self._ready or self.pid != os.getpid():
             return False

@@ -14,7 +14,14 @@ from .. import config
 from ..config import check_seconds
 from ..errors import ConfigurationError
 from ..redaction import Redactor, redact_url
-from .errors import ChannelClosed, ConnectionFailed, MessageNacked, MessageReturned, PublishError
+from .errors import (
+    ChannelClosed,
+    ConfirmTimeout,
+    ConnectionFailed,
+    MessageNacked,
+    MessageReturned,
+    PublishError,
+)
 from .link import Link
 from .messages import Message
 
@@ -94,12 +101,27 @@ class Publisher:
                 link.publish(messages, deadline)
                 return
             except BaseException as exc:
+                if isinstance(exc, ConfirmTimeout) and link.blocked:
+                    # Kept: only a connection that published hears when the alarm is over.
+                    logger.warning("%s", exc)
+                    raise
                 self._discard(graceful=isinstance(exc, _RESPONSIVE_BROKER_ERRORS))
                 if not (attempt == 1 and reused and isinstance(exc, ConnectionFailed)):
                     if isinstance(exc, PublishError):
                         logger.warning("%s", exc)
                     raise
                 logger.info("%s; publishing again on a new connection", exc)
+
+    def blocked(self) -> bool:
+        """Tell whether the broker blocks the calling thread's connection (a resource alarm).
+
+        While it does, a burst would wait for its confirmations until the
+        timeout: check before publishing (a signal model's ``signalbus_blocked``)
+        so that no transaction is opened meanwhile. Processes the connection's
+        pending input without waiting; false without a connection.
+        """
+        link: Link | None = getattr(self._local, "link", None)
+        return link is not None and link.is_usable() and link.blocked
 
     def close(self) -> None:
         """Close the calling thread's connection, if any. The next call reconnects."""

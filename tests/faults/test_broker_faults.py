@@ -15,6 +15,7 @@ import collections
 import os
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -38,6 +39,8 @@ QUEUE = "orders"
 PLACED = "order_placed_signal"
 SHIPPED = "order_shipped_signal"
 BURST = 1000  # the reference app's default SIGNALBUS_BURST_COUNT
+PUBLISH_TIMEOUT = 10  # seconds: the sidecar's SIGNALBUS_RABBITMQ_TIMEOUT
+ALARM_SAMPLES = 200  # of the sidecar's transactions, 0.1 s apart: a 20 s memory alarm
 
 #: Log lines telling that a burst's publishing failed, so it may have been sent twice.
 FAILED_ATTEMPT = re.compile(r"signals failed|publishing again on a new connection")
@@ -70,6 +73,16 @@ class Database:
             row = self.connection.execute(f"SELECT count(*) FROM {table}".encode()).fetchone()
         assert row is not None
         return row[0]
+
+    def transaction_ages(self) -> list[float]:
+        """The ages, in seconds, of the transactions the sidecar's backends hold open."""
+        query = (
+            "SELECT extract(epoch FROM now() - xact_start) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND xact_start IS NOT NULL AND application_name <> 'signalbus-listener'"
+        )
+        with self._lock:
+            return [float(age) for (age,) in self.connection.execute(query).fetchall()]
 
     def close(self) -> None:
         self.connection.close()
@@ -242,7 +255,7 @@ class Sidecar(OutputProcess):
             "DATABASE_URL": database.url,
             "SIGNALBUS_RABBITMQ_URL": broker.app_url,
             "SIGNALBUS_EXCHANGE": EXCHANGE,
-            "SIGNALBUS_RABBITMQ_TIMEOUT": "10",
+            "SIGNALBUS_RABBITMQ_TIMEOUT": str(PUBLISH_TIMEOUT),
         }
         super().__init__([FLASK, "--app", "refapp", "signalbus", *args], env)
 
@@ -422,3 +435,33 @@ def test_flushmany_keeps_nacked_rows_and_exits_with_status_1(
     wait_delivered(consumer, database, ids)
     check_sent_once_or_failed(consumer, failing, ids)
     check_log(succeeding, "Sent 50 signals")
+
+
+def test_a_memory_alarm_holds_no_transaction_open_and_loses_nothing(
+    database: Database,
+    broker: Broker,
+    consumer: Consumer,
+    listener: Sidecar,
+    rabbit_node: RabbitNode,
+) -> None:
+    broker.declare("order.#")
+    ids = set(database.insert(PLACED, 10))
+    wait_delivered(consumer, database, ids)  # the sidecar's connection has published
+    rabbit_node.ctl("set_vm_memory_high_watermark", "0.000001")
+    try:
+        ids.update(database.insert(PLACED, 20))
+        listener.wait_for_output("blocks publishing")
+        ages: list[float] = []
+        for _ in range(ALARM_SAMPLES):  # the alarm's length: no condition ends it
+            ages += database.transaction_ages()
+            time.sleep(0.1)
+        assert database.pending() >= 20  # the rows stay while the broker blocks
+    finally:
+        rabbit_node.ctl("set_vm_memory_high_watermark", "0.4")
+    wait_delivered(consumer, database, ids)
+    # A burst may wait for one publish attempt (a worker that had not published
+    # yet does not know the broker blocks); none is started once it knows.
+    assert max(ages, default=0.0) <= PUBLISH_TIMEOUT + 2, ages
+    assert database.transaction_ages() == []
+    check_sent_once_or_failed(consumer, listener, ids)
+    check_log(listener, "blocks publishing")

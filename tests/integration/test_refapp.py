@@ -16,6 +16,8 @@ from flask.testing import FlaskClient
 from refapp import config_from_env, create_app, database_uri
 from refapp.models import Order, OrderPlacedSignal, OrderShippedSignal, db
 from refapp.publishing import build_message
+from signalbus import OutageError
+from signalbus.model import BrokerBlocked
 from signalbus.rabbitmq import Message
 
 
@@ -38,9 +40,13 @@ def client(refapp: Flask) -> FlaskClient:
 class FakePublisher:
     def __init__(self) -> None:
         self.bursts: list[list[Message]] = []
+        self.is_blocked = False
 
     def publish_messages(self, messages: list[Message]) -> None:
         self.bursts.append(list(messages))
+
+    def blocked(self) -> bool:
+        return self.is_blocked
 
 
 def rows(refapp: Flask, model: type) -> list[Any]:
@@ -130,6 +136,22 @@ def test_signals_are_published_as_json_messages(refapp: Flask, client: FlaskClie
         f"order_placed_signal:{row}" for row in (1, 2, 3)
     ]
     assert rows(refapp, OrderPlacedSignal) == []
+
+
+def test_no_burst_is_started_while_the_broker_blocks_publishing(
+    refapp: Flask, client: FlaskClient
+) -> None:
+    publisher = FakePublisher()
+    publisher.is_blocked = True
+    refapp.extensions["refapp.publisher"] = publisher
+    place(client, customer="c")
+    with refapp.app_context(), pytest.raises(BrokerBlocked) as caught:
+        db.signalbus.flushmany([OrderPlacedSignal])
+    assert isinstance(caught.value, OutageError)
+    assert publisher.bursts == [] and len(rows(refapp, OrderPlacedSignal)) == 1
+    publisher.is_blocked = False
+    with refapp.app_context():
+        assert db.signalbus.flushmany([OrderPlacedSignal]) == 1
 
 
 def test_message_exchange_and_burst_count_come_from_config(refapp: Flask) -> None:
