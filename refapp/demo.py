@@ -286,6 +286,11 @@ class ReportingPublisher:
         """Whether the broker blocks publishing."""
         return self.inner is not None and bool(self.inner.blocked())
 
+    def close(self) -> None:
+        """Close the calling thread's broker connection."""
+        if self.inner is not None:
+            self.inner.close()
+
     def publish_messages(self, messages: Sequence[Message]) -> None:
         """Publish *messages*, returning once confirmed, then report them sent.
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from signalbus import AtomicProceduresMixin, SignalBusMixin
 
-from .publishing import blocked, publish
+from .publishing import blocked, publish, release
 
 __all__ = ["BURST_COUNT_KEY", "Order", "OrderPlacedSignal", "OrderShippedSignal", "db"]
 
@@ -104,6 +104,11 @@ class SignalMixin:
     def signalbus_blocked(cls) -> bool:
         """Whether the broker blocks publishing: no burst is started meanwhile."""
         return blocked()
+
+    @classmethod
+    def signalbus_release(cls) -> None:
+        """Close the idle listener worker's broker connection."""
+        release()
 
 
 class OrderPlacedSignal(SignalMixin, db.Model):

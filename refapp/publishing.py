@@ -25,6 +25,7 @@ __all__ = [
     "build_messages",
     "init_publisher",
     "publish",
+    "release",
 ]
 
 #: Config key of the (topic) exchange the messages go to; it must exist on the broker.
@@ -48,6 +49,13 @@ def blocked() -> bool:
     """Whether the broker blocks publishing (a resource alarm); never without a broker."""
     publisher = current_app.extensions.get(PUBLISHER_KEY)
     return publisher is not None and bool(publisher.blocked())
+
+
+def release() -> None:
+    """Close the calling thread's broker connection, if any (an idle listener worker)."""
+    publisher = current_app.extensions.get(PUBLISHER_KEY)
+    if publisher is not None:
+        publisher.close()
 
 
 def publish(model: type, rows: Sequence[Any]) -> None:

@@ -59,7 +59,7 @@ from .errors import one_line
 from .model import SignalModel
 from .notifications import Subscription, WakePipe
 from .schedule import OUTAGE_PROBE_MAX, FlushQueue
-from .worker import Worker
+from .worker import IDLE_RELEASE, Worker
 
 __all__ = ["Listener", "listener_from_config"]
 
@@ -112,6 +112,8 @@ class Listener:
     until :meth:`stop` is called, or, when run in the main thread, until
     ``SIGTERM`` or ``SIGINT``. Create it inside the app context of
     ``signalbus.db`` (or pass *app*); the worker threads push that app's context.
+    *workers* threads flush; each releases its connections after *idle_release*
+    seconds without work.
     """
 
     def __init__(
@@ -124,6 +126,7 @@ class Listener:
         probe_interval: float = DEFAULT_CONFIG[PROBE_INTERVAL],
         max_backoff: float = MAX_BACKOFF,
         workers: int = DEFAULT_CONFIG[WORKERS],
+        idle_release: float = IDLE_RELEASE,
         app: Any = None,
     ) -> None:
         if app is None:
@@ -160,6 +163,7 @@ class Listener:
                 app,
                 self._redact,
                 self._database_works,
+                check_seconds("idle_release", idle_release),
             )
             for number in range(1, check_workers("workers", workers) + 1)
         ]

@@ -39,7 +39,7 @@ from typing import Generic, Literal, TypeVar
 
 from .backoff import Backoff
 
-__all__ = ["OUTAGE_PROBE_MAX", "SENDING", "SWEEP", "FlushQueue", "Sweep"]
+__all__ = ["IDLE", "OUTAGE_PROBE_MAX", "SENDING", "SWEEP", "FlushQueue", "Task"]
 
 M = TypeVar("M")
 
@@ -47,14 +47,18 @@ M = TypeVar("M")
 OUTAGE_PROBE_MAX = 1.0
 
 
-class Sweep(Enum):
-    """The type of :data:`SWEEP`."""
+class Task(Enum):
+    """What :meth:`FlushQueue.take` hands out besides models."""
 
     SWEEP = "sweep"
+    IDLE = "idle"
 
 
 #: What :meth:`FlushQueue.take` returns when the sweep is due.
-SWEEP: Literal[Sweep.SWEEP] = Sweep.SWEEP
+SWEEP: Literal[Task.SWEEP] = Task.SWEEP
+
+#: What :meth:`FlushQueue.take` returns when nothing was due for ``idle_after`` seconds.
+IDLE: Literal[Task.IDLE] = Task.IDLE
 
 #: The resource of an outage of the sends (the broker): every model depends on it.
 SENDING = "sending"
@@ -130,15 +134,19 @@ class FlushQueue(Generic[M]):
             self._sweep.requested = True
             self._changed.notify()
 
-    def take(self) -> M | Sweep | None:
+    def take(self, idle_after: float | None = None) -> M | Task | None:
         """Wait for a due model (or :data:`SWEEP`) and hand it out; ``None`` once closed.
 
         The model is the caller's until it calls :meth:`done` or :meth:`failed`,
-        the sweep until :meth:`swept`.
+        the sweep until :meth:`swept`. With *idle_after*, returns :data:`IDLE`
+        once nothing was due for that many seconds.
         """
         with self._changed:
+            idle_at = None if idle_after is None else self._clock() + idle_after
             while not self._closed:
                 now = self._clock()
+                if idle_at is not None and now >= idle_at:
+                    return IDLE
                 self._enqueue_retries(now)
                 sweep = self._sweep
                 if not sweep.running and (sweep.requested or now >= sweep.due_at):
@@ -149,7 +157,11 @@ class FlushQueue(Generic[M]):
                     state = self._states[model]
                     state.queued, state.running = False, True
                     return model
-                self._changed.wait(self._timeout(now))
+                timeout = self._timeout(now)
+                if idle_at is not None:
+                    until_idle = idle_at - now
+                    timeout = until_idle if timeout is None else min(timeout, until_idle)
+                self._changed.wait(timeout)
             return None
 
     def others_waiting(self) -> bool:

@@ -5,7 +5,9 @@ hands out (a model, or the sweep), runs it through the bus, and reports back.
 A worker owns its database connections (two at most per database, detached
 from the app's pool) and, through the publisher's per-thread connections, its
 broker connection: the listener's resources grow with its workers, never with
-the models it serves.
+the models it serves. After some time without work (:data:`IDLE_RELEASE`
+seconds by default) it closes them: the broker's through the models' optional
+``signalbus_release()``.
 
 Why a burst can never wait for a connection its own worker's other burst
 holds: a worker's connections are its own, opened on demand and never shared
@@ -29,11 +31,14 @@ from .errors import OutageError, failure_details, one_line
 from .flush import FlushResult
 from .model import SignalModel
 from .redaction import Redactor
-from .schedule import SENDING, SWEEP, FlushQueue
+from .schedule import IDLE, SENDING, SWEEP, FlushQueue
 
-__all__ = ["Worker"]
+__all__ = ["IDLE_RELEASE", "Worker"]
 
 logger = logging.getLogger("signalbus.listener")
+
+#: Seconds a worker waits without work before it closes its connections.
+IDLE_RELEASE = 120.0
 
 
 class Worker:
@@ -49,8 +54,12 @@ class Worker:
         app: Any,
         redact: Redactor,
         database_works: Callable[[Engine], None],
+        idle_release: float = IDLE_RELEASE,
     ) -> None:
-        """*database_works* is called with the engine of every flush that worked."""
+        """*database_works* is called with the engine of every flush that worked;
+        *idle_release* is how long the worker may idle before it releases its connections.
+        """
+        self.idle_release = idle_release
         self.signalbus = signalbus
         self.models = models
         self.queue = queue
@@ -59,6 +68,8 @@ class Worker:
         self._redact = redact
         self._database_works = database_works
         self._connections: dict[Engine, OwnedConnections] = {}
+        #: The models flushed since the worker last released what it holds.
+        self._flushed: set[SignalModel] = set()
         #: The model being flushed, if any (for the shutdown message).
         self.current: SignalModel | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -76,14 +87,41 @@ class Worker:
     def _run(self) -> None:
         with self.app.app_context():
             try:
-                while (task := self.queue.take()) is not None:
-                    if task is SWEEP:
+                while (task := self.queue.take(self._idle_after())) is not None:
+                    if task is IDLE:
+                        self._release()
+                    elif task is SWEEP:
                         self._sweep()
                     else:
                         self._flush(task)
             finally:
-                for connections in self._connections.values():
-                    connections.close()
+                self._release()
+
+    def _idle_after(self) -> float | None:
+        """Seconds of idleness after which to release what the worker holds, if anything."""
+        return self.idle_release if self._flushed or self._connections else None
+
+    def _release(self) -> None:
+        """Close the worker's database connections, and let its models release theirs.
+
+        A model's optional ``signalbus_release()`` runs in this thread: e.g.
+        :meth:`signalbus.rabbitmq.Publisher.close` closes this thread's connection.
+        """
+        for connections in self._connections.values():
+            connections.close()
+        self._connections.clear()
+        for model in self._flushed:
+            release = getattr(model, "signalbus_release", None)
+            if release is not None:
+                try:
+                    release()
+                except Exception as error:
+                    logger.warning(
+                        "%s.signalbus_release() failed: %s",
+                        model.__name__,
+                        self._redact(one_line(error)),
+                    )
+        self._flushed.clear()
 
     def _sweep(self) -> None:
         failing = self.queue.sweep_failures() > 0
@@ -109,6 +147,7 @@ class Worker:
         failing = self.queue.failures(model) > 0
         engine = self.signalbus.engine_for(model)
         self.current = model
+        self._flushed.add(model)
         try:
             result = self._flush_once(model, engine)
         except Exception as error:

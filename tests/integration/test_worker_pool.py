@@ -168,3 +168,29 @@ def test_a_fresh_row_of_one_model_overtakes_the_backlog_of_another(
     # One worker, bursts of 100: the fresh row waits for a few bursts, not for the
     # (up to 20,000 rows of) backlog left when it committed.
     assert between <= 2000, f"{between} backlog rows went out before the fresh row"
+
+
+def test_an_idle_worker_releases_its_connections(
+    pool_app: tuple[Flask, PoolSQLAlchemy, list[type], Sent], database_url: str
+) -> None:
+    app, db, models, sent = pool_app
+    model = models[0]
+    released: list[str] = []
+    model.signalbus_release = classmethod(  # type: ignore[attr-defined]
+        lambda cls: released.append(threading.current_thread().name)
+    )
+    with app.app_context():
+        listener = Listener(db.signalbus, [model], sweep_interval=3600, workers=1, idle_release=0.5)
+    thread = threading.Thread(target=listener.run)
+    thread.start()
+    try:
+        assert listener.ready.wait(10)
+        with app.app_context(), db.engine.begin() as connection:
+            connection.execute(sa.text(f"INSERT INTO {model.__tablename__} (id) VALUES (1)"))
+        wait_until(lambda: sent.count(model) == 1, what="the row")
+        wait_until(lambda: released, what="the idle worker to release")
+        assert released == ["signalbus-worker-1"]
+        wait_until(lambda: listener_backends(database_url) == 1, what="only LISTEN to stay")
+    finally:
+        listener.stop()
+        thread.join(10)

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from signalbus.schedule import OUTAGE_PROBE_MAX, SENDING, SWEEP, FlushQueue
+from signalbus.schedule import IDLE, OUTAGE_PROBE_MAX, SENDING, SWEEP, FlushQueue
 
 SWEEP_INTERVAL = 60.0
 
@@ -248,3 +248,10 @@ def test_a_sweep_that_works_ends_the_database_outages_only(
     assert take_now(databases) is SWEEP
     databases.swept(ok=True)
     assert not databases.others_waiting()  # the broker is still out
+
+
+def test_take_says_idle_when_nothing_comes() -> None:
+    queue = FlushQueue(["a"], 3600.0, 30.0)  # on the real clock: idleness is waited for
+    assert queue.take(idle_after=0.01) is IDLE
+    queue.request("a")
+    assert queue.take(idle_after=0.01) == "a"
