@@ -272,11 +272,14 @@ class FlushQueue(Generic[M]):
             if outage.probing or now < outage.probe_at:
                 continue
             for model in self._ready:
-                if resource in (SENDING, self._resource_of(model)):
+                if self._depends(model, resource):
                     outage.probing = True
                     self._ready.remove(model)
                     return model
         return None
+
+    def _depends(self, model: M, resource: Hashable) -> bool:
+        return resource in (SENDING, self._resource_of(model))
 
     def _end_probe(self, model: M) -> None:
         for resource in (SENDING, self._resource_of(model)):
@@ -293,7 +296,12 @@ class FlushQueue(Generic[M]):
     def _timeout(self, now: float) -> float | None:
         """Seconds until a retry or the sweep is due; ``None``: until something changes."""
         due = [state.retry_at for state in self._states.values() if state.retry_at is not None]
-        due += [outage.probe_at for outage in self._outages.values() if not outage.probing]
+        # An outage is probed with a queued model: without one there is nothing to wait for.
+        due += [
+            outage.probe_at
+            for resource, outage in self._outages.items()
+            if not outage.probing and any(self._depends(model, resource) for model in self._ready)
+        ]
         if not self._sweep.running:
             due.append(self._sweep.due_at)
         return max(0.0, min(due) - now) if due else None

@@ -255,3 +255,27 @@ def test_take_says_idle_when_nothing_comes() -> None:
     assert queue.take(idle_after=0.01) is IDLE
     queue.request("a")
     assert queue.take(idle_after=0.01) == "a"
+
+
+def test_an_outage_with_nothing_to_probe_with_does_not_spin(clock: Clock) -> None:
+    calls = 0
+
+    def counting_clock() -> float:
+        nonlocal calls
+        calls += 1
+        return clock.now
+
+    queue = FlushQueue(["a", "b"], 3600.0, 30.0, counting_clock)
+    queue.request("a")
+    assert take_now(queue) == "a"
+    clock.now += queue.outage("a", SENDING)
+    assert take_now(queue) == "a"  # the probe
+    queue.failed("a")  # its own failure (say a nacked row): the broker's state is unknown
+    calls = 0
+    worker = threading.Thread(target=queue.take, daemon=True)
+    worker.start()
+    worker.join(0.2)
+    assert worker.is_alive()
+    assert calls < 10  # it waits for "a"'s retry, not in a loop on the past probe time
+    queue.close()
+    worker.join(2)
