@@ -76,12 +76,13 @@ class _State:
 
 
 @dataclass
-class _Outage:
+class _Outage(Generic[M]):
     """A service found unavailable: the models depending on it wait for a probe."""
 
     backoff: Backoff
     probe_at: float
-    probing: bool = False
+    #: The model being flushed to probe the service, if any.
+    prober: M | None = None
 
 
 @dataclass
@@ -107,7 +108,7 @@ class FlushQueue(Generic[M]):
         self.sweep_interval = sweep_interval
         self._clock = clock
         self._resource_of = resource_of
-        self._outages: dict[Hashable, _Outage] = {}
+        self._outages: dict[Hashable, _Outage[M]] = {}
         self._states = {model: _State(Backoff(0.5, max_backoff)) for model in models}
         self._ready: deque[M] = deque()
         self._sweep = _SweepState(Backoff(0.5, max_backoff), clock() + sweep_interval)
@@ -269,11 +270,11 @@ class FlushQueue(Generic[M]):
                 self._ready.remove(model)
                 return model
         for resource, outage in self._outages.items():
-            if outage.probing or now < outage.probe_at:
+            if outage.prober is not None or now < outage.probe_at:
                 continue
             for model in self._ready:
                 if self._depends(model, resource):
-                    outage.probing = True
+                    outage.prober = model
                     self._ready.remove(model)
                     return model
         return None
@@ -282,10 +283,11 @@ class FlushQueue(Generic[M]):
         return resource in (SENDING, self._resource_of(model))
 
     def _end_probe(self, model: M) -> None:
+        """End the probes *model* ran; another flush failing meanwhile ends none."""
         for resource in (SENDING, self._resource_of(model)):
             outage = self._outages.get(resource)
-            if outage is not None:
-                outage.probing = False
+            if outage is not None and outage.prober == model:
+                outage.prober = None
 
     def _enqueue_retries(self, now: float) -> None:
         for model, state in self._states.items():
@@ -300,7 +302,8 @@ class FlushQueue(Generic[M]):
         due += [
             outage.probe_at
             for resource, outage in self._outages.items()
-            if not outage.probing and any(self._depends(model, resource) for model in self._ready)
+            if outage.prober is None
+            and any(self._depends(model, resource) for model in self._ready)
         ]
         if not self._sweep.running:
             due.append(self._sweep.due_at)

@@ -279,3 +279,24 @@ def test_an_outage_with_nothing_to_probe_with_does_not_spin(clock: Clock) -> Non
     assert calls < 10  # it waits for "a"'s retry, not in a loop on the past probe time
     queue.close()
     worker.join(2)
+
+
+def test_one_probe_at_a_time_though_other_flushes_fail_meanwhile(
+    databases: FlushQueue[str], clock: Clock
+) -> None:
+    databases.request("a")
+    databases.request("b")
+    assert take_now(databases) == "a"
+    assert take_now(databases) == "b"  # two flushes in flight when the broker goes
+    clock.now += databases.outage("a", SENDING)
+    assert take_now(databases) == "a"  # the probe
+    databases.outage("b", SENDING)  # the other flush, started before the outage, fails
+    clock.now += OUTAGE_PROBE_MAX
+    taken: list[object] = []
+    worker = threading.Thread(target=lambda: taken.append(databases.take()), daemon=True)
+    worker.start()
+    worker.join(0.1)
+    assert not taken  # "a" still probes: "b" waits for its outcome
+    databases.done("a", drained=True)
+    worker.join(2)
+    assert taken == ["b"]
