@@ -206,10 +206,13 @@ class FlushQueue(Generic[M]):
 
         *resource* is :data:`SENDING` (the broker) or what ``resource_of``
         returns for *model*. The models depending on it are held; *model* is
-        queued first, to probe it. Returns the seconds until that probe.
+        queued first, to probe it, unless it was the probe: then it goes to
+        the back, so that a model failing for reasons of its own (its missing
+        exchange) cannot hold the others for ever. Returns the seconds until
+        the next probe.
         """
         with self._changed:
-            self._end_probe(model)
+            probed = self._end_probe(model)
             state = self._states[model]
             state.running, state.again = False, False
             outage = self._outages.get(resource)
@@ -219,7 +222,10 @@ class FlushQueue(Generic[M]):
             outage.probe_at = self._clock() + delay
             if not state.queued:
                 state.queued = True
-                self._ready.appendleft(model)
+                if probed:
+                    self._ready.append(model)
+                else:
+                    self._ready.appendleft(model)
             self._changed.notify_all()
             return delay
 
@@ -282,12 +288,14 @@ class FlushQueue(Generic[M]):
     def _depends(self, model: M, resource: Hashable) -> bool:
         return resource in (SENDING, self._resource_of(model))
 
-    def _end_probe(self, model: M) -> None:
-        """End the probes *model* ran; another flush failing meanwhile ends none."""
+    def _end_probe(self, model: M) -> bool:
+        """End the probes *model* ran, telling if it ran any; another flush ends none."""
+        probed = False
         for resource in (SENDING, self._resource_of(model)):
             outage = self._outages.get(resource)
             if outage is not None and outage.prober == model:
-                outage.prober = None
+                outage.prober, probed = None, True
+        return probed
 
     def _enqueue_retries(self, now: float) -> None:
         for model, state in self._states.items():

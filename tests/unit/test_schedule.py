@@ -42,6 +42,14 @@ def take_now(queue: FlushQueue[str]) -> object:
     return result[0]
 
 
+def start_taking(queue: FlushQueue[str]) -> tuple[threading.Thread, list[object]]:
+    """A worker thread calling :meth:`FlushQueue.take` once, and the list it appends to."""
+    taken: list[object] = []
+    worker = threading.Thread(target=lambda: taken.append(queue.take()), daemon=True)
+    worker.start()
+    return worker, taken
+
+
 def test_requests_are_served_first_come_first_served_once_each(queue: FlushQueue[str]) -> None:
     for model in ("b", "a", "b"):
         queue.request(model)
@@ -157,9 +165,7 @@ def test_a_failed_sweep_is_retried_sooner_than_the_interval(
 
 
 def test_take_waits_until_something_is_due(queue: FlushQueue[str]) -> None:
-    taken: list[object] = []
-    worker = threading.Thread(target=lambda: taken.append(queue.take()), daemon=True)
-    worker.start()
+    worker, taken = start_taking(queue)
     worker.join(0.05)
     assert worker.is_alive() and not taken
     queue.request("c")
@@ -198,9 +204,9 @@ def test_a_database_outage_holds_its_models_and_probes_with_one(
     assert take_now(databases) == "a"  # the probe, first in line
     assert databases.outage("a", 1) <= OUTAGE_PROBE_MAX  # still down
     clock.now += OUTAGE_PROBE_MAX
+    assert take_now(databases) == "b"  # the held models take turns probing
+    databases.done("b", drained=True)  # back: "a" goes at once
     assert take_now(databases) == "a"
-    databases.done("a", drained=True)  # back: "b" goes at once
-    assert take_now(databases) == "b"
 
 
 def test_probe_delays_stay_short_however_long_the_outage(
@@ -272,10 +278,9 @@ def test_an_outage_with_nothing_to_probe_with_does_not_spin(clock: Clock) -> Non
     assert take_now(queue) == "a"  # the probe
     queue.failed("a")  # its own failure (say a nacked row): the broker's state is unknown
     calls = 0
-    worker = threading.Thread(target=queue.take, daemon=True)
-    worker.start()
+    worker, taken = start_taking(queue)
     worker.join(0.2)
-    assert worker.is_alive()
+    assert worker.is_alive() and not taken
     assert calls < 10  # it waits for "a"'s retry, not in a loop on the past probe time
     queue.close()
     worker.join(2)
@@ -292,11 +297,23 @@ def test_one_probe_at_a_time_though_other_flushes_fail_meanwhile(
     assert take_now(databases) == "a"  # the probe
     databases.outage("b", SENDING)  # the other flush, started before the outage, fails
     clock.now += OUTAGE_PROBE_MAX
-    taken: list[object] = []
-    worker = threading.Thread(target=lambda: taken.append(databases.take()), daemon=True)
-    worker.start()
+    worker, taken = start_taking(databases)
     worker.join(0.1)
     assert not taken  # "a" still probes: "b" waits for its outcome
     databases.done("a", drained=True)
     worker.join(2)
     assert taken == ["b"]
+
+
+def test_a_model_failing_its_probe_lets_another_probe_next(
+    databases: FlushQueue[str], clock: Clock
+) -> None:
+    databases.request("a")
+    databases.request("b")
+    assert take_now(databases) == "a"
+    clock.now += databases.outage("a", SENDING)  # say "a"'s own exchange is missing
+    assert take_now(databases) == "a"  # the probe, first in line
+    clock.now += databases.outage("a", SENDING)
+    assert take_now(databases) == "b"  # not "a" for ever: "b" is not starved
+    databases.done("b", drained=True)  # the broker works: "a" goes again
+    assert take_now(databases) == "a"
