@@ -47,7 +47,8 @@ import psycopg
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
-from bench.database import DEFAULT_SERVER_URL, bench_database
+from bench.database import bench_database, server_url
+from bench.idle import measure_idle
 from bench.process import LoggedProcess
 from bench.stats import format_stats, median_stats, percentiles
 from signalbus import SignalBusMixin
@@ -127,58 +128,6 @@ class ListenerProcess(LoggedProcess):
         return {int(row_id): float(sent_at) for row_id, sent_at in pairs}
 
 
-def count_transactions(server_conninfo: str, database: str) -> int:
-    """Return ``xact_commit + xact_rollback`` of *database*, read from another database."""
-    with psycopg.connect(server_conninfo, autocommit=True) as connection:
-        row = connection.execute(
-            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s",
-            (database,),
-        ).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def measure_idle(server_conninfo: str, database: str, seconds: float) -> int:
-    """Count the transactions *database* runs in *seconds*, after the stats settle.
-
-    A window in which another backend than the listener's (an autovacuum
-    worker, another client) appears in the database is measured again, up to
-    three windows: its transactions would count in the same totals.
-    """
-    time.sleep(11)  # an idle backend reports its counts within 10 s
-    with psycopg.connect(server_conninfo, autocommit=True) as connection:
-        listener_backends = backends(connection, database)
-        for _ in range(3):
-            before = count_transactions(server_conninfo, database)
-            seen = watch_backends(connection, database, seconds)
-            count = count_transactions(server_conninfo, database) - before
-            if seen <= listener_backends:
-                return count
-            others = sorted(seen - listener_backends)
-            print(f"(other backends {others} ran {count} transactions in the idle window)")
-    return count
-
-
-#: (pid, backend type, application name)
-Backend = tuple[int, str, str]
-
-
-def backends(connection: psycopg.Connection, database: str) -> set[Backend]:
-    """Return the backends connected to *database*."""
-    query = "SELECT pid, backend_type, application_name FROM pg_stat_activity WHERE datname = %s"
-    return set(connection.execute(query, (database,)).fetchall())
-
-
-def watch_backends(connection: psycopg.Connection, database: str, seconds: float) -> set[Backend]:
-    """Return the backends seen in *database* during the next *seconds*, polling at 20 Hz."""
-    seen: set[Backend] = set()
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        seen |= backends(connection, database)
-        time.sleep(0.05)
-    return seen
-
-
 def produce(conninfo: str, rate: float, duration: float) -> dict[int, tuple[float, float]]:
     """Insert one row per transaction at *rate* per second; map ids to (before, acked)."""
     times: dict[int, tuple[float, float]] = {}
@@ -225,7 +174,7 @@ def run(rates: Sequence[float], duration: float, idle: float) -> dict[str, Any]:
     name = f"signalbus_bench_latency_{os.getpid()}"
     with bench_database(name) as database_url, tempfile.TemporaryDirectory() as workdir:
         create_schema(database_url)
-        server = libpq_conninfo(os.environ.get("SIGNALBUS_BENCH_DATABASE_URL", DEFAULT_SERVER_URL))
+        server = libpq_conninfo(server_url())
         listener = ListenerProcess(database_url, Path(workdir))
         try:
             results: dict[str, Any] = {}
