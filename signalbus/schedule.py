@@ -17,7 +17,8 @@ one first-in, first-out queue that the workers take from:
 An outage (a database or the broker that cannot be reached, see
 :meth:`FlushQueue.outage`) holds the models that depend on it: instead of
 each backing off, one of them at a time probes the service every second or
-so, and the first flush that works releases them all at once.
+so (they take turns), and the first flush that works (for the broker: that
+sent rows) releases them all at once.
 
 Every *sweep_interval* seconds, and when asked to (:meth:`FlushQueue.sweep`),
 :meth:`FlushQueue.take` hands out :data:`SWEEP` instead of a model: the worker
@@ -174,17 +175,20 @@ class FlushQueue(Generic[M]):
         """How many flushes of *model* in a row have failed."""
         return self._states[model].backoff.attempts
 
-    def done(self, model: M, *, drained: bool) -> None:
+    def done(self, model: M, *, drained: bool, sent: bool = True) -> None:
         """Record a flush of *model* that worked; queue it again unless *drained*.
 
-        It ends the outages of what *model* depends on.
+        It ends the outage of *model*'s database, and the broker's if it *sent*
+        rows: a flush that found none never tried the broker.
         """
         with self._changed:
+            self._end_probe(model)
             state = self._states[model]
             state.running, state.retry_at = False, None
             state.backoff.reset()
-            for resource in (SENDING, self._resource_of(model)):
-                self._outages.pop(resource, None)
+            self._outages.pop(self._resource_of(model), None)
+            if sent:
+                self._outages.pop(SENDING, None)
             if state.again or not drained:
                 state.again = False
                 self._enqueue(model, state)

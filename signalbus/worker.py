@@ -155,7 +155,7 @@ class Worker:
         else:
             if failing:
                 logger.info("Sending %s signals works again.", model.__name__)
-            self.queue.done(model, drained=result.drained)
+            self.queue.done(model, drained=result.drained, sent=result.sent > 0)
             self._database_works(engine)
         finally:
             self.current = None

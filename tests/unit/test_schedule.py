@@ -317,3 +317,19 @@ def test_a_model_failing_its_probe_lets_another_probe_next(
     assert take_now(databases) == "b"  # not "a" for ever: "b" is not starved
     databases.done("b", drained=True)  # the broker works: "a" goes again
     assert take_now(databases) == "a"
+
+
+def test_a_flush_that_sent_nothing_does_not_end_a_broker_outage(
+    databases: FlushQueue[str], clock: Clock
+) -> None:
+    databases.request("a")
+    assert take_now(databases) == "a"
+    clock.now += databases.outage("a", SENDING)
+    databases.request("b")
+    assert take_now(databases) == "a"  # the probe
+    databases.done("a", drained=True, sent=False)  # another listener took its rows
+    assert not databases.others_waiting()  # the broker was not tried: "b" stays held
+    assert take_now(databases) == "b"  # the next probe, at once
+    databases.done("b", drained=True)
+    databases.request("c")
+    assert databases.others_waiting()  # "b" sent: the outage is over
