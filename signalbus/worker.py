@@ -207,5 +207,16 @@ class Worker:
         return connections
 
 
+#: SQLSTATE prefixes of psycopg OperationalErrors that are a statement's own failure, not
+#: the database's: a serialization failure or deadlock (class 40), a lock timeout, a
+#: statement timeout. A model failing so backs off; its database is not in an outage.
+_STATEMENT_FAILURES = ("40", "55P03", "57014")
+
+
 def _is_connection_error(error: DBAPIError) -> bool:
-    return error.connection_invalidated or isinstance(error.orig, psycopg.OperationalError)
+    if error.connection_invalidated:
+        return True
+    orig = error.orig
+    return isinstance(orig, psycopg.OperationalError) and not (orig.sqlstate or "").startswith(
+        _STATEMENT_FAILURES
+    )
