@@ -11,15 +11,20 @@ every model whose table has rows, in one statement per database.
 
 A fixed pool of ``workers`` threads (:class:`~signalbus.worker.Worker`) takes
 the due models from the queue and flushes them, one worker per model at a
-time, fairly: a model whose send fails or hangs never delays the others. A
-failing model is retried with capped, jittered exponential backoff; its rows
-stay in the table meanwhile.
+time, fairly: a model whose send fails never delays the others, one whose
+send hangs holds one worker until its timeout. A failing model is retried
+with capped, jittered exponential backoff; its rows stay in the table
+meanwhile. When a database or the broker is down, its models wait while one
+of them probes it about every :data:`~signalbus.schedule.OUTAGE_PROBE_MAX`
+seconds.
 
 A LISTEN connection silent for ``probe_interval`` seconds is probed with
 ``SELECT 1``, which must be answered within :data:`PROBE_TIMEOUT` seconds (a
 half-open connection fails here); TCP keepalives watch the peer in between. A
-lost connection is reopened with backoff, its database's pooled connections are
-dropped, and a sweep catches up. Against an idle database a listener runs one
+lost connection is reopened with backoff (at most
+:data:`~signalbus.schedule.OUTAGE_PROBE_MAX` seconds apart, and at once when a
+flush on its database works), its database's pooled connections are dropped,
+and a sweep catches up. Against an idle database a listener runs one
 transaction per sweep interval and one per probe interval.
 
 :meth:`Listener.stop` (or ``SIGTERM``/``SIGINT``) ends the flushes between two
