@@ -130,6 +130,9 @@ class ModelFlusher:
                     burst = self._fetch(connections, current, burst_count)
                 else:
                     burst, upcoming = upcoming.result(), None
+                    if is_blocked(self.model):  # since it was fetched: no send to wait on
+                        burst.rollback()
+                        check_not_blocked(self.model)
                 if not burst.rows:
                     burst.rollback()
                     return FlushResult(sent, drained=True)

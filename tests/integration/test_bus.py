@@ -20,6 +20,7 @@ from signalbus import (
     get_models_to_flush,
 )
 from signalbus.conninfo import libpq_conninfo
+from signalbus.model import BrokerBlocked
 from tests.models import BatchSignal, CompositeSignal, Item, SingleSignal, db, recorder
 
 pytestmark = pytest.mark.usefixtures("app_context")
@@ -265,6 +266,20 @@ def test_pipelined_bursts_keep_primary_key_order() -> None:
     db.signalbus.flushmany([BatchSignal])
     assert [obj.id for obj in recorder.sent] == sorted(ids)
     assert recorder.batches == [100, 100, 100, 50]
+
+
+def test_a_prefetched_burst_is_rolled_back_once_the_broker_blocks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    insert_rows(BatchSignal, 300, payload=str)
+    checks = iter([False, False, True])  # blocked from the third check on, after the prefetch
+    monkeypatch.setattr(
+        BatchSignal, "signalbus_blocked", classmethod(lambda cls: next(checks, True)), raising=False
+    )
+    with pytest.raises(BrokerBlocked):
+        db.signalbus.flushmany([BatchSignal])
+    assert recorder.batches == [100]
+    assert row_count(BatchSignal) == 200
 
 
 def test_stop_ends_the_flush_between_bursts() -> None:
