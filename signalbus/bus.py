@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from .atomic import check_mixed_into_sqlalchemy, check_mixin_order
 from .config import DEFAULT_CONFIG
@@ -103,17 +104,28 @@ class SignalBus:
             flusher = self._flushers[model] = ModelFlusher(model)
         return flusher
 
-    def models_with_rows(self, models: Iterable[SignalModel]) -> list[SignalModel]:
+    def models_with_rows(
+        self,
+        models: Iterable[SignalModel],
+        connection_to: Callable[[Engine], Connection] | None = None,
+    ) -> list[SignalModel]:
         """Return those of *models* whose table has rows: one statement per database.
 
         This is how the listener sweeps: one short transaction finds the
-        tables to flush, however many models it serves.
+        tables to flush, however many models it serves. *connection_to*, when
+        given, provides the connection to each database (a listener worker's
+        own); otherwise one is taken from the engine's pool.
         """
         found: list[SignalModel] = []
         for engine, group in _group_by_engine(self, models).items():
-            with engine.connect() as connection:
-                indexes = connection.execute(_tables_with_rows([signal_table(m) for m in group]))
-                found += [group[index] for (index,) in indexes]
+            with contextlib.ExitStack() as stack:
+                if connection_to is None:
+                    connection = stack.enter_context(engine.connect())
+                else:
+                    connection = connection_to(engine)
+                with connection.begin():
+                    tables = _tables_with_rows([signal_table(model) for model in group])
+                    found += [group[index] for (index,) in connection.execute(tables)]
         return found
 
     def pending_count(self, model: SignalModel) -> int:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import psycopg
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from .bus import SignalBus
@@ -107,9 +107,7 @@ class Worker:
         A model's optional ``signalbus_release()`` runs in this thread: e.g.
         :meth:`signalbus.rabbitmq.Publisher.close` closes this thread's connection.
         """
-        for connections in self._connections.values():
-            connections.close()
-        self._connections.clear()
+        self._close_connections()
         for model in self._flushed:
             release = getattr(model, "signalbus_release", None)
             if release is not None:
@@ -126,8 +124,9 @@ class Worker:
     def _sweep(self) -> None:
         failing = self.queue.sweep_failures() > 0
         try:
-            found = self.signalbus.models_with_rows(self.models)
+            found = self.signalbus.models_with_rows(self.models, self._sweep_connection)
         except Exception as error:
+            self._close_connections()  # they may be broken; the next sweep opens new ones
             delay = self.queue.swept(ok=False)
             logger.warning(
                 "Sweeping failed (%s); sweeping again in %.1f s.",
@@ -199,6 +198,15 @@ class Worker:
             # Likely a connection the server closed (a restart): one more try, at
             # once, on a fresh connection, unless the server is down.
             return flusher.flush(connections, self._stopping.is_set, self.queue.others_waiting)
+
+    def _close_connections(self) -> None:
+        for connections in self._connections.values():
+            connections.close()
+        self._connections.clear()
+
+    def _sweep_connection(self, engine: Engine) -> Connection:
+        """The worker's own first connection to *engine*'s database: a sweep opens none."""
+        return self._connections_to(engine).get(0)
 
     def _connections_to(self, engine: Engine) -> OwnedConnections:
         connections = self._connections.get(engine)
