@@ -104,6 +104,14 @@ def listener_backends(database_url: str) -> int:
     return int(row[0])
 
 
+def backend_queries(database_url: str) -> list[tuple[str, str, str]]:
+    with psycopg.connect(libpq_conninfo(database_url), autocommit=True) as admin:
+        return admin.execute(
+            "SELECT application_name, state, query FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+
+
 def test_a_backlog_of_many_models_drains_on_a_few_threads_and_connections(
     pool_app: tuple[Flask, PoolSQLAlchemy, list[type], Sent], database_url: str
 ) -> None:
@@ -185,12 +193,16 @@ def test_an_idle_worker_releases_its_connections(
     thread.start()
     try:
         assert listener.ready.wait(10)
-        with app.app_context(), db.engine.begin() as connection:
-            connection.execute(sa.text(f"INSERT INTO {model.__tablename__} (id) VALUES (1)"))
+        with psycopg.connect(libpq_conninfo(database_url), autocommit=True) as producer:
+            # Not through the app's pool, whose connection would stay open.
+            producer.execute(f"INSERT INTO {model.__tablename__} (id) VALUES (1)".encode())
         wait_until(lambda: sent.count(model) == 1, what="the row")
         wait_until(lambda: released, what="the idle worker to release")
         assert released == ["signalbus-worker-1"]
-        wait_until(lambda: listener_backends(database_url) == 1, what="only LISTEN to stay")
+        wait_until(
+            lambda: listener_backends(database_url) == 1,
+            what=lambda: f"only LISTEN to stay: {backend_queries(database_url)}",
+        )
     finally:
         listener.stop()
         thread.join(10)
