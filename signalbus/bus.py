@@ -117,7 +117,7 @@ class SignalBus:
         own); otherwise one is taken from the engine's pool.
         """
         found: list[SignalModel] = []
-        for engine, group in _group_by_engine(self, models).items():
+        for engine, group in self.models_by_engine(models).items():
             with contextlib.ExitStack() as stack:
                 if connection_to is None:
                     connection = stack.enter_context(engine.connect())
@@ -127,6 +127,13 @@ class SignalBus:
                     tables = _tables_with_rows([signal_table(model) for model in group])
                     found += [group[index] for (index,) in connection.execute(tables)]
         return found
+
+    def models_by_engine(self, models: Iterable[SignalModel]) -> dict[Engine, list[SignalModel]]:
+        """Group *models* by the engine of their database (needs an app context)."""
+        groups: dict[Engine, list[SignalModel]] = {}
+        for model in models:
+            groups.setdefault(self.engine_for(model), []).append(model)
+        return groups
 
     def pending_count(self, model: SignalModel) -> int:
         """Return how many rows of signal model *model* wait to be sent."""
@@ -158,15 +165,6 @@ class SignalBus:
 def table_name(table: sa.Table) -> str:
     """Return *table*'s name as its trigger's notifications carry it (see :func:`payload_name`)."""
     return payload_name(table.name, table.schema)
-
-
-def _group_by_engine(
-    signalbus: SignalBus, models: Iterable[SignalModel]
-) -> dict[Engine, list[SignalModel]]:
-    groups: dict[Engine, list[SignalModel]] = {}
-    for model in models:
-        groups.setdefault(signalbus.engine_for(model), []).append(model)
-    return groups
 
 
 def _tables_with_rows(tables: Sequence[sa.Table]) -> sa.CompoundSelect[Any]:

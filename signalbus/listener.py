@@ -152,7 +152,8 @@ class Listener:
         self._stop_reason = ""
         self._connecting = False
         self._tables = signalbus.get_signal_tables()
-        engines = {model: signalbus.engine_for(model) for model in served}
+        by_engine = signalbus.models_by_engine(served)
+        engines = {model: engine for engine, group in by_engine.items() for model in group}
         self._redact = signalbus.redactor()
         self._served = set(served)
         self._queue: FlushQueue[SignalModel] = FlushQueue(
@@ -174,7 +175,7 @@ class Listener:
         ]
         self._subscriptions = [
             Subscription(engine, channel, group, OUTAGE_PROBE_MAX)
-            for engine, group in _group_by_engine(engines).items()
+            for engine, group in by_engine.items()
         ]
 
     def run(self) -> None:
@@ -345,15 +346,6 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 class _Interrupted(BaseException):
     """A stop signal arrived while the main thread was connecting."""
-
-
-def _group_by_engine(
-    engines: dict[SignalModel, Engine],
-) -> dict[Engine, list[SignalModel]]:
-    groups: dict[Engine, list[SignalModel]] = {}
-    for model, engine in engines.items():
-        groups.setdefault(engine, []).append(model)
-    return groups
 
 
 def _shorten(payload: str) -> str:

@@ -270,8 +270,12 @@ class FlushQueue(Generic[M]):
         self._ready.append(model)
         self._changed.notify()
 
+    def _resources(self, model: M) -> tuple[Hashable, Hashable]:
+        """What *model*'s flushes depend on: the broker, and its database."""
+        return (SENDING, self._resource_of(model))
+
     def _held(self, model: M) -> bool:
-        return SENDING in self._outages or self._resource_of(model) in self._outages
+        return any(resource in self._outages for resource in self._resources(model))
 
     def _next_model(self, now: float) -> M | None:
         """Take the first queued model not held by an outage, or else one to probe with."""
@@ -290,12 +294,12 @@ class FlushQueue(Generic[M]):
         return None
 
     def _depends(self, model: M, resource: Hashable) -> bool:
-        return resource in (SENDING, self._resource_of(model))
+        return resource in self._resources(model)
 
     def _end_probe(self, model: M) -> bool:
         """End the probes *model* ran, telling if it ran any; another flush ends none."""
         probed = False
-        for resource in (SENDING, self._resource_of(model)):
+        for resource in self._resources(model):
             outage = self._outages.get(resource)
             if outage is not None and outage.prober == model:
                 outage.prober, probed = None, True
