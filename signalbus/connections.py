@@ -24,7 +24,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy.engine import Connection, Engine
 
-__all__ = ["ASYNC_COMMIT", "BurstConnections", "OwnedConnections", "PooledConnections"]
+__all__ = [
+    "ASYNC_COMMIT",
+    "BurstConnections",
+    "OwnedConnections",
+    "PooledConnections",
+    "runs_on_driver",
+]
 
 #: Losing a burst's commit in a crash only sends its rows again, which
 #: at-least-once allows; not waiting for the WAL flush shortens every burst.
@@ -39,13 +45,18 @@ class BurstConnections:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        #: Whether bursts run on the psycopg connections directly: see :func:`runs_on_driver`.
+        self.on_driver = False
         self._connections: list[Connection] = []
         self._prefetcher: ThreadPoolExecutor | None = None
 
     def get(self, index: int) -> Connection:
         """Return connection *index* (0 or 1), opening it on first use."""
         while len(self._connections) <= index:
-            self._connections.append(self._open())
+            connection = self._open()
+            if not self._connections:
+                self.on_driver = runs_on_driver(connection)
+            self._connections.append(connection)
         return self._connections[index]
 
     def prefetcher(self) -> ThreadPoolExecutor:
@@ -102,3 +113,20 @@ class OwnedConnections(BurstConnections):
             connection.close()
             raise
         return connection
+
+
+def runs_on_driver(connection: Connection) -> bool:
+    """Tell whether bursts may skip SQLAlchemy's execution layer on *connection*.
+
+    They may on the synchronous psycopg driver, unless the engine echoes its
+    statements or has execution event listeners (query logging, tracing),
+    which must see every statement. Decided when a flush's first connection
+    opens.
+    """
+    dispatch = connection.dispatch
+    return (
+        connection.dialect.driver == "psycopg"
+        and not connection.engine.echo
+        and not (dispatch.before_execute or dispatch.after_execute)
+        and not (dispatch.before_cursor_execute or dispatch.after_cursor_execute)
+    )

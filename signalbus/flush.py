@@ -7,25 +7,19 @@ through :class:`ModelFlusher`.
 from __future__ import annotations
 
 import contextlib
-import operator
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
-
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection, RootTransaction, Row
-from sqlalchemy.sql.dml import ReturningDelete
 
 from .atomic import retry_on_deadlock
-from .connections import ASYNC_COMMIT, BurstConnections
+from .burst import Burst, BurstStatement
+from .connections import BurstConnections
 from .model import (
     SignalModel,
     check_not_blocked,
     get_burst_count,
     is_blocked,
     send_rows,
-    signal_table,
 )
 
 __all__ = ["FlushResult", "ModelFlusher"]
@@ -33,42 +27,6 @@ __all__ = ["FlushResult", "ModelFlusher"]
 #: Bursts at least this big are pipelined: the next burst is fetched while the
 #: current one is being sent. Smaller ones are not worth a second connection.
 PIPELINE_MIN_BURST = 100
-
-
-def build_delete_statement(model: SignalModel) -> ReturningDelete[Any]:
-    """Build the burst statement of *model*.
-
-    ``DELETE ... WHERE pk = ANY (ARRAY(SELECT pk ... ORDER BY pk LIMIT
-    :burst_count FOR UPDATE SKIP LOCKED)) RETURNING ...``: one round trip
-    picks, locks and deletes a burst. Returned columns are labelled with the
-    model's attribute names, so that ``row.attribute`` works as on an instance.
-
-    ``= ANY (ARRAY(...))`` makes the burst's keys one value, found through the
-    primary key's index: with ``IN (SELECT ...)`` the planner may pick a hash
-    join over the whole table, 20x slower on a large backlog of narrow rows.
-    Composite keys use ``(pk1, pk2) IN (SELECT ...)``.
-    """
-    mapper: sa.orm.Mapper[Any] = sa.inspect(model)
-    table = signal_table(model)
-    key_columns = table.primary_key.columns
-    burst = (
-        sa.select(*key_columns)
-        .order_by(*key_columns)
-        .limit(sa.bindparam("burst_count", type_=sa.Integer))
-        .with_for_update(skip_locked=True)
-    )
-    returned = [
-        column.label(attribute.key)
-        for attribute in mapper.column_attrs
-        for column in attribute.columns[:1]
-        if column.table is table
-    ]
-    if len(key_columns) == 1:
-        [key] = key_columns
-        picked = key == sa.any_(sa.func.array(burst.scalar_subquery()))
-    else:
-        picked = sa.tuple_(*key_columns).in_(burst)
-    return sa.delete(table).where(picked).returning(*returned)
 
 
 @dataclass(frozen=True)
@@ -79,23 +37,6 @@ class FlushResult:
     sent: int
     #: False when the flush stopped early, between two bursts, and rows may be left.
     drained: bool
-
-
-@dataclass
-class Burst:
-    """Rows deleted by a transaction that is still open."""
-
-    connection: Connection
-    transaction: RootTransaction
-    rows: list[Row[Any]]
-
-    def commit(self, per_burst_settings: bool) -> None:
-        if per_burst_settings:
-            self.connection.exec_driver_sql(f"SET LOCAL {ASYNC_COMMIT}")
-        self.transaction.commit()
-
-    def rollback(self) -> None:
-        self.transaction.rollback()
 
 
 class ModelFlusher:
@@ -111,10 +52,7 @@ class ModelFlusher:
 
     def __init__(self, model: SignalModel) -> None:
         self.model = model
-        self.statement = build_delete_statement(model)
-        mapper: sa.orm.Mapper[Any] = sa.inspect(model)
-        keys = [mapper.get_property_by_column(column).key for column in mapper.primary_key]
-        self.sort_key = operator.attrgetter(*keys)
+        self.statement = BurstStatement(model)
 
     def flush(
         self,
@@ -170,14 +108,7 @@ class ModelFlusher:
     @retry_on_deadlock()
     def _fetch(self, connections: BurstConnections, index: int, burst_count: int) -> Burst:
         connection = connections.get(index)
-        transaction = connection.begin()
-        try:
-            rows = list(connection.execute(self.statement, {"burst_count": burst_count}))
-        except BaseException:
-            transaction.rollback()
-            raise
-        rows.sort(key=self.sort_key)
-        return Burst(connection, transaction, rows)
+        return self.statement.fetch(connection, burst_count, connections.on_driver)
 
     def _send(self, burst: Burst, per_burst_settings: bool) -> None:
         """Send the burst and commit it; a failed send rolls it back (the prefetched one
