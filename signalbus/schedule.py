@@ -153,11 +153,13 @@ class FlushQueue(Generic[M]):
                 sweep = self._sweep
                 if not sweep.running and (sweep.requested or now >= sweep.due_at):
                     sweep.running, sweep.requested = True, False
+                    self._pass_on()
                     return SWEEP
                 model = self._next_model(now)
                 if model is not None:
                     state = self._states[model]
                     state.queued, state.running = False, True
+                    self._pass_on()
                     return model
                 timeout = self._timeout(now)
                 if idle_at is not None:
@@ -186,13 +188,14 @@ class FlushQueue(Generic[M]):
             state = self._states[model]
             state.running, state.retry_at = False, None
             state.backoff.reset()
-            self._outages.pop(self._resource_of(model), None)
+            ended = self._outages.pop(self._resource_of(model), None)
             if sent:
-                self._outages.pop(SENDING, None)
+                ended = self._outages.pop(SENDING, None) or ended
             if state.again or not drained:
                 state.again = False
                 self._enqueue(model, state)
-            self._changed.notify_all()  # the models held by those outages may go
+            if ended is not None:
+                self._changed.notify_all()  # the models held by that outage may go
 
     def failed(self, model: M) -> float:
         """Record a flush of *model* that failed; return the seconds until its retry."""
@@ -202,7 +205,7 @@ class FlushQueue(Generic[M]):
             state.running, state.again = False, False
             delay = state.backoff.next()
             state.retry_at = self._clock() + delay
-            self._changed.notify_all()  # a waiting worker may have to wake earlier
+            self._changed.notify()  # a waiting worker may have to wake earlier
             return delay
 
     def outage(self, model: M, resource: Hashable) -> float:
@@ -269,6 +272,15 @@ class FlushQueue(Generic[M]):
         state.queued = True
         self._ready.append(model)
         self._changed.notify()
+
+    def _pass_on(self) -> None:
+        """Wake another waiting worker if the one taking a task leaves models queued.
+
+        Workers are woken one at a time, not all at once: waking every idle
+        worker after every flush costs more CPU than the flush of a row.
+        """
+        if self._ready:
+            self._changed.notify()
 
     def _resources(self, model: M) -> tuple[Hashable, Hashable]:
         """What *model*'s flushes depend on: the broker, and its database."""
