@@ -26,6 +26,15 @@ logger = logging.getLogger(__name__)
 _CLOSE_TIMEOUT = 5.0
 """Longest wait, in seconds, for a graceful close of a connection being discarded."""
 
+_POLL_SLICE = 0.05
+"""Longest wait, in seconds, of one timer bounding a wait for I/O.
+
+pika leaves a cancelled timer in its heap until it is due: a timer set to a
+30 s deadline and cancelled once the confirm came would stay there 30 s, and
+at a few hundred bursts a second the heap of dead timers makes every timer
+operation slow. Short slices keep it small.
+"""
+
 
 class Link:
     """A connection with one confirm-mode channel, driven by a private I/O loop.
@@ -48,7 +57,9 @@ class Link:
         self._channel: Any = None
         self._ready = False
         self._blocked = False
-        self._timed_out = False
+        self._slice_over = False
+        #: When :meth:`is_usable` last processed pending input (monotonic seconds).
+        self._polled_at = -float("inf")
         self._closing = False
         #: The first failure a callback reported; the link is unusable from then on.
         self.error: PublishError | None = None
@@ -140,23 +151,32 @@ class Link:
 
     # -- I/O loop -----------------------------------------------------------------------
 
-    def _on_deadline(self) -> None:
-        self._timed_out = True
+    def _on_slice_end(self) -> None:
+        self._slice_over = True
 
     def _run_until(self, done: Callable[[], bool], deadline: float) -> None:
         """Process I/O until ``done()``, an error, or ``deadline`` (monotonic seconds).
 
-        Raises the error recorded by a callback, if any.
+        Raises the error recorded by a callback, if any. Waits in slices of at
+        most :data:`_POLL_SLICE` seconds.
         """
-        self._timed_out = False
         ioloop = self._ioloop
-        timer = ioloop.call_later(max(0.0, deadline - time.monotonic()), self._on_deadline)
+        timer = None
         try:
-            while not (done() or self.error or self._timed_out):
+            while not (done() or self.error):
+                if timer is None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._slice_over = False
+                    timer = ioloop.call_later(min(remaining, _POLL_SLICE), self._on_slice_end)
                 ioloop.poll()
                 ioloop.process_timeouts()
+                if self._slice_over:
+                    timer = None
         finally:
-            ioloop.remove_timeout(timer)
+            if timer is not None:
+                ioloop.remove_timeout(timer)
         if self.error is not None:
             raise self.error
 
@@ -168,18 +188,22 @@ class Link:
         """
         return self._blocked
 
-    def is_usable(self) -> bool:
+    def is_usable(self, fresh: float = 0.0) -> bool:
         """Process pending input without blocking; tell if the link can still publish.
 
         Reveals a connection the broker closed while the link sat idle, and
-        whether it blocks or unblocked publishing meanwhile.
+        whether it blocks or unblocked publishing meanwhile. Input processed
+        less than *fresh* seconds ago is not looked for again.
         """
         if self.error is not None or not self._ready or self.pid != os.getpid():
             return False
-        for _ in range(2):
-            self._ioloop.call_later(0, _noop)
-            self._ioloop.poll()
-            self._ioloop.process_timeouts()
+        now = time.monotonic()
+        if now - self._polled_at >= fresh:
+            for _ in range(2):
+                self._ioloop.call_later(0, _noop)
+                self._ioloop.poll()
+                self._ioloop.process_timeouts()
+            self._polled_at = now
         connection, channel = self._connection, self._channel
         return (
             self.error is None

@@ -40,6 +40,11 @@ _DEFAULT_TIMEOUT: float = config.DEFAULT_CONFIG[config.RABBITMQ_TIMEOUT]
 _RESPONSIVE_BROKER_ERRORS = (ChannelClosed, MessageNacked, MessageReturned)
 """Errors after which the connection still works, so it is worth closing gracefully."""
 
+#: Seconds for which a kept connection found usable (by :meth:`Publisher.blocked`
+#: right before a burst's DELETE) needs no new look before publishing. Should it
+#: have died meanwhile, publishing fails at once and goes again on a new one.
+_FRESH = 0.05
+
 
 class Publisher:
     """Publishes bursts of messages to one RabbitMQ broker with publisher confirms.
@@ -131,7 +136,7 @@ class Publisher:
         """Return the thread's link, opening one if needed, and whether it was reused."""
         link: Link | None = getattr(self._local, "link", None)
         if link is not None:
-            if link.is_usable():
+            if link.is_usable(fresh=_FRESH):
                 return link, True
             if link.error is not None:  # e.g. closed by the broker while idle
                 logger.warning("%s; reconnecting", link.error)

@@ -78,7 +78,7 @@ def test_dead_connection_found_while_publishing_is_replaced(
         publisher.publish_messages([Message(b"before", routing_key=amqp_queue)])
         freezable_proxy.drop_connections()
         # Pretend the idle check missed it, so the loss shows only while publishing.
-        monkeypatch.setattr("signalbus.rabbitmq.link.Link.is_usable", lambda _self: True)
+        monkeypatch.setattr("signalbus.rabbitmq.link.Link.is_usable", lambda _self, fresh=0.0: True)
         publisher.publish_messages([Message(b"after", routing_key=amqp_queue)])
     finally:
         publisher.close()
