@@ -5,6 +5,13 @@ Importing :mod:`signalbus` registers two reversible operations::
     op.create_signal_trigger("order_placed_signal")
     op.drop_signal_trigger("order_placed_signal", schema="sales")
 
+and one that upgrades the function every trigger calls, idempotently (a
+database whose triggers an older signalbus installed needs it once; its
+downgrade has nothing to undo, since the current function serves listeners
+of every version)::
+
+    op.replace_signal_function()
+
 Their DDL comes from :mod:`signalbus.triggers`. The trigger's channel is the
 ``channel`` argument when given, else the app's ``SIGNALBUS_CHANNEL`` when
 the migration runs in a Flask app context (as under Flask-Migrate), else
@@ -38,7 +45,12 @@ from . import triggers
 from .config import DEFAULT_CHANNEL, channel_setting
 from .model import signal_table
 
-__all__ = ["CreateSignalTriggerOp", "DropSignalTriggerOp", "compare_signal_triggers"]
+__all__ = [
+    "CreateSignalTriggerOp",
+    "DropSignalTriggerOp",
+    "ReplaceSignalFunctionOp",
+    "compare_signal_triggers",
+]
 
 _IMPORT = "import signalbus.alembic  # noqa: F401"
 
@@ -112,6 +124,22 @@ class DropSignalTriggerOp(_SignalTriggerOp):
 
     def to_diff_tuple(self) -> tuple[Any, ...]:
         return ("remove_signal_trigger", self.schema, self.table_name)
+
+
+@Operations.register_operation("replace_signal_function")
+class ReplaceSignalFunctionOp(MigrateOperation):
+    """Create or replace the function every signal trigger calls with the current one."""
+
+    @classmethod
+    def replace_signal_function(cls, operations: Operations) -> None:
+        """Create or replace the shared trigger function (idempotent)."""
+        operations.invoke(cls())
+
+
+@Operations.implementation_for(ReplaceSignalFunctionOp)
+def _replace_signal_function(operations: Operations, operation: ReplaceSignalFunctionOp) -> None:
+    for statement in triggers.function_statements():
+        operations.execute(statement)
 
 
 @Operations.implementation_for(CreateSignalTriggerOp)

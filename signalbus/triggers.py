@@ -6,7 +6,14 @@ function sends ``pg_notify(channel, table)``: the channel is the trigger's
 argument (the app's ``SIGNALBUS_CHANNEL``), the payload the table's name,
 schema-qualified unless the table is in ``public`` (the keys of
 :meth:`signalbus.SignalBus.get_signal_tables`). A committing transaction thus
-sends one notification per table, however many rows it inserted.
+sends one notification per table, however many rows it inserted, and none
+while a listener is awake for the table: the wake protocol, described at the
+top of ``sql/notify_function.sql``.
+
+A database whose function is not the one of ``sql/notify_function.sql`` (an
+older signalbus installed it) has an *outdated* function: installing any
+trigger replaces it, as does the migration calling
+``op.replace_signal_function()``.
 
 The DDL lives in the package's ``sql`` directory (``sql/`` in the source tree),
 its single source. Identifiers and the channel are quoted with
@@ -42,6 +49,7 @@ __all__ = [
     "check_signal_triggers",
     "drop_statements",
     "drop_trigger",
+    "function_is_current",
     "install_statements",
     "install_trigger",
     "installed_triggers",
@@ -78,6 +86,11 @@ def install_statements(
         _ddl("drop_trigger", table=table),
         _ddl("create_trigger", table=table, channel=literal),
     ]
+
+
+def function_statements() -> list[sa.DDL]:
+    """Return the statement creating or replacing the shared function."""
+    return [_ddl("notify_function")]
 
 
 def drop_statements(table_name: str, schema: str | None = None) -> list[sa.DDL]:
@@ -127,6 +140,19 @@ def trigger_channels(connection: Connection) -> dict[str, str]:
     }
 
 
+def function_is_current(connection: Connection) -> bool | None:
+    """Tell whether the shared function is the current one; ``None`` when there is none."""
+    with _transaction(connection):
+        source = connection.execute(sa.text(load_sql("function_source"))).scalar()
+    return None if source is None else source == _current_function_source()
+
+
+@functools.cache
+def _current_function_source() -> str:
+    _, body, _ = load_sql("notify_function").split("$function$")
+    return body
+
+
 def installed_triggers(connection: Connection) -> set[str]:
     """Return the payload names (see :func:`payload_name`) of the tables having the trigger."""
     return set(trigger_channels(connection))
@@ -146,11 +172,14 @@ class TriggerStatus:
     #: What installing did (``"created"``, ``"already there"``, ``"replaced …"``);
     #: ``None`` when only checking, or when the table is missing.
     installed: str | None = None
+    #: Whether the shared function the trigger calls is the current one.
+    function_current: bool = True
 
     @property
     def ok(self) -> bool:
-        """Whether the trigger is installed, on the expected channel."""
-        return self.table_exists and self.channel == self.expected_channel
+        """Whether the trigger is installed, on the expected channel, calling the current
+        function."""
+        return self.table_exists and self.channel == self.expected_channel and self.function_current
 
     def describe(self) -> str:
         """Return the state of the trigger, or what installing did, for people."""
@@ -158,11 +187,13 @@ class TriggerStatus:
             return "table missing (hint: flask db upgrade)"
         if self.installed:
             return self.installed
-        if self.ok:
-            return "installed"
         if self.channel is None:
             return "trigger missing"
-        return f"on channel {self.channel!r}, expected {self.expected_channel!r}"
+        if self.channel != self.expected_channel:
+            return f"on channel {self.channel!r}, expected {self.expected_channel!r}"
+        if not self.function_current:
+            return "function outdated (hint: flask db upgrade, or --install)"
+        return "installed"
 
 
 def check_signal_triggers(
@@ -194,20 +225,29 @@ def _statuses(
             if inspector.has_table((table := signal_table(model)).name, schema=table.schema)
         }
         found = trigger_channels(connection)
+        current = function_is_current(connection) is not False
         if install:
+            upgraded = not current and bool(existing)
+            for statement in function_statements() if upgraded else []:
+                connection.execute(statement)
             for name in existing:
-                done[name] = _install(connection, tables[name], found.get(name), channel)
+                done[name] = _install(connection, tables[name], found.get(name), channel, upgraded)
             found = trigger_channels(connection)
+            current = True
     return [
-        TriggerStatus(model, name, name in existing, found.get(name), channel, done.get(name))
+        TriggerStatus(
+            model, name, name in existing, found.get(name), channel, done.get(name), current
+        )
         for name, model in tables.items()
     ]
 
 
-def _install(connection: Connection, model: SignalModel, found: str | None, channel: str) -> str:
+def _install(
+    connection: Connection, model: SignalModel, found: str | None, channel: str, upgraded: bool
+) -> str:
     """Install the trigger of *model* unless it is on *channel*; say what was done."""
     if found == channel:
-        return "already there"
+        return "function upgraded" if upgraded else "already there"
     table = signal_table(model)
     install_trigger(connection, table.name, table.schema, channel)
     return "created" if found is None else f"replaced (was on channel {found!r})"

@@ -21,9 +21,14 @@ from flask import Flask
 from sqlalchemy.engine import Engine
 
 from signalbus.alembic import CreateSignalTriggerOp, DropSignalTriggerOp
-from signalbus.triggers import install_trigger, installed_triggers, trigger_channels
+from signalbus.triggers import (
+    function_is_current,
+    install_trigger,
+    installed_triggers,
+    trigger_channels,
+)
 from tests.models import db
-from tests.trigger_checks import function_exists
+from tests.trigger_checks import function_exists, install_classic_function
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -208,9 +213,25 @@ def test_payloads_of_a_database_at_the_first_revision_survive_the_upgrade(
     assert "No new upgrade operations detected" in ok(flask(database_url, tmp_path, "db", "check"))
 
 
+def test_upgrading_a_database_of_an_older_signalbus_upgrades_its_function(
+    database_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    ok(flask(database_url, tmp_path, "db", "upgrade", "3c1f7e5a9b20"))
+    install_classic_function(engine)
+    with engine.connect() as connection:
+        assert function_is_current(connection) is False
+    ok(flask(database_url, tmp_path, "db", "upgrade"))
+    with engine.connect() as connection:
+        assert function_is_current(connection) is True
+    ok(flask(database_url, tmp_path, "db", "downgrade", "3c1f7e5a9b20"))
+    with engine.connect() as connection:
+        assert function_is_current(connection) is True
+
+
 def test_refapp_migrations_offline(database_url: str, tmp_path: Path) -> None:
     sql = ok(flask(database_url, tmp_path, "db", "upgrade", "--sql"))
-    assert sql.count("CREATE OR REPLACE FUNCTION signalbus_notify()") == 2
+    # The two triggers, then the revision upgrading the function.
+    assert sql.count("CREATE OR REPLACE FUNCTION signalbus_notify()") == 3
     assert 'AFTER INSERT ON "order_placed_signal"' in sql
     assert "EXECUTE FUNCTION signalbus_notify('signalbus')" in sql
 

@@ -14,13 +14,14 @@ from signalbus.conninfo import libpq_conninfo
 from signalbus.triggers import (
     TRIGGER_NAME,
     drop_trigger,
+    function_is_current,
     install_statements,
     install_trigger,
     installed_triggers,
     load_sql,
     trigger_channels,
 )
-from tests.trigger_checks import function_exists
+from tests.trigger_checks import function_exists, install_classic_function
 
 SENTINEL = "--sentinel--"
 
@@ -285,3 +286,22 @@ def test_triggers_command_reports_bad_channel_without_traceback(app: Flask) -> N
     assert code == 1
     assert output.startswith("Error: Bad configuration: SIGNALBUS_CHANNEL 'xxx")
     assert "Traceback" not in output
+
+
+def test_an_outdated_function_is_reported_and_upgraded(app: Flask, engine: Engine) -> None:
+    run_triggers_command(app, "--install")
+    install_classic_function(engine)
+    outdated = "function outdated (hint: flask db upgrade, or --install)"
+    code, output = run_triggers_command(app)
+    assert code == 1
+    assert output.splitlines() == [
+        f"batch_signal (BatchSignal): {outdated}",
+        f"composite_signal (CompositeSignal): {outdated}",
+        f"single_signal (SingleSignal): {outdated}",
+    ]
+    code, output = run_triggers_command(app, "--install")
+    assert code == 0 and output.count(": function upgraded") == 3
+    code, output = run_triggers_command(app)
+    assert code == 0 and output.count(": installed") == 3
+    with engine.connect() as connection:
+        assert function_is_current(connection) is True
