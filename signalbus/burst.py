@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 import operator
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from sqlalchemy.sql.dml import ReturningDelete
 from .connections import ASYNC_COMMIT
 from .model import SignalModel, signal_table
 
-__all__ = ["Burst", "BurstStatement", "build_delete_statement"]
+__all__ = ["Burst", "BurstStatement", "build_delete_statement", "run_scalar"]
 
 _SET_ASYNC_COMMIT = f"SET LOCAL {ASYNC_COMMIT}"
 
@@ -84,6 +85,10 @@ class Burst(abc.ABC):
     def rollback(self) -> None:
         """Roll back: the rows are back in their table."""
 
+    @abc.abstractmethod
+    def scalar(self, statement: sa.TextClause, parameters: dict[str, Any]) -> Any:
+        """Run *statement* in the burst's transaction; return its first value."""
+
 
 class _CoreBurst(Burst):
     """A burst whose transaction is SQLAlchemy's."""
@@ -100,6 +105,9 @@ class _CoreBurst(Burst):
 
     def rollback(self) -> None:
         self._transaction.rollback()
+
+    def scalar(self, statement: sa.TextClause, parameters: dict[str, Any]) -> Any:
+        return self._connection.execute(statement, parameters).scalar()
 
 
 class _DriverBurst(Burst):
@@ -119,6 +127,9 @@ class _DriverBurst(Burst):
     def rollback(self) -> None:
         with _as_dbapi_error(self._connection, "ROLLBACK"):
             _driver_of(self._connection).rollback()
+
+    def scalar(self, statement: sa.TextClause, parameters: dict[str, Any]) -> Any:
+        return _driver_scalar(self._connection, statement, parameters)
 
 
 @dataclass(frozen=True)
@@ -204,6 +215,40 @@ class BurstStatement:
             metadata = SimpleResultMetaData(self._names)
             shape = self._shapes[dialect, type_oids] = _Shape(metadata, processors)
         return shape
+
+
+def run_scalar(
+    connection: Connection, on_driver: bool, statement: sa.TextClause, parameters: dict[str, Any]
+) -> Any:
+    """Run *statement* on *connection*, outside any burst, committed; return its first value.
+
+    On the driver, in autocommit: one round trip, no ``BEGIN`` or ``COMMIT``.
+    """
+    if not on_driver:
+        with connection.begin():
+            return connection.execute(statement, parameters).scalar()
+    driver = _driver_of(connection)
+    with _as_dbapi_error(connection, "SET autocommit"):
+        driver.autocommit = True
+    try:
+        return _driver_scalar(connection, statement, parameters)
+    finally:
+        with contextlib.suppress(psycopg.Error):  # a broken connection is closed anyway
+            driver.autocommit = False
+
+
+def _driver_scalar(
+    connection: Connection, statement: sa.TextClause, parameters: dict[str, Any]
+) -> Any:
+    sql = _compiled(statement, connection.dialect)
+    with _as_dbapi_error(connection, sql):
+        row = _driver_of(connection).execute(sql, parameters).fetchone()
+    return None if row is None else row[0]
+
+
+@functools.cache
+def _compiled(statement: sa.TextClause, dialect: Dialect) -> str:
+    return str(statement.compile(dialect=dialect))
 
 
 def _driver_of(connection: Connection) -> psycopg.Connection[Any]:

@@ -19,6 +19,7 @@ from .errors import ConfigurationError, MissingSettingError
 from .redaction import redact_url
 
 __all__ = [
+    "ALWAYS_NOTIFY",
     "CHANNEL",
     "DEFAULT_CHANNEL",
     "DEFAULT_CONFIG",
@@ -34,6 +35,7 @@ __all__ = [
     "PublisherSettings",
     "channel_setting",
     "check_channel",
+    "check_flag",
     "check_seconds",
     "check_workers",
     "listener_settings",
@@ -48,6 +50,8 @@ SWEEP_INTERVAL = "SIGNALBUS_SWEEP_INTERVAL"
 PROBE_INTERVAL = "SIGNALBUS_PROBE_INTERVAL"
 #: How many worker threads of a listener flush its models.
 WORKERS = "SIGNALBUS_WORKERS"
+#: Whether the listener stays out of the wake protocol: writers then always notify.
+ALWAYS_NOTIFY = "SIGNALBUS_ALWAYS_NOTIFY"
 #: The broker of :func:`signalbus.rabbitmq.publisher_from_config`.
 RABBITMQ_URL = "SIGNALBUS_RABBITMQ_URL"
 #: Seconds a publish call may take, connecting included.
@@ -60,6 +64,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     SWEEP_INTERVAL: 60.0,
     PROBE_INTERVAL: 60.0,
     WORKERS: 4,
+    ALWAYS_NOTIFY: False,
     RABBITMQ_URL: None,
     RABBITMQ_TIMEOUT: 30.0,
 }
@@ -84,6 +89,7 @@ class ListenerSettings:
     sweep_interval: float
     probe_interval: float
     workers: int
+    always_notify: bool
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,7 @@ def listener_settings(
         sweep_interval=check_seconds(SWEEP_INTERVAL, sweep_interval),
         probe_interval=check_seconds(PROBE_INTERVAL, _get(config, PROBE_INTERVAL)),
         workers=check_workers(WORKERS, workers),
+        always_notify=check_flag(ALWAYS_NOTIFY, _get(config, ALWAYS_NOTIFY)),
     )
 
 
@@ -184,6 +191,22 @@ def check_workers(name: str, value: Any) -> int:
             f"{name} must be a whole number from 1 to {MAX_WORKERS}, not {value!r}"
         )
     return workers
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """Return *value* as a boolean: a bool, or a string such as ``"true"`` or ``"0"``.
+
+    Anything else raises :class:`ConfigurationError` naming *name*.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ConfigurationError(f"{name} must be true or false, not {value!r}")
 
 
 def _get(config: Mapping[str, Any], key: str) -> Any:

@@ -12,6 +12,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from .atomic import retry_on_deadlock
+from .awake import AWAKE_MIN_ROWS, Awake
 from .burst import Burst, BurstStatement
 from .connections import BurstConnections
 from .model import (
@@ -37,6 +38,9 @@ class FlushResult:
     sent: int
     #: False when the flush stopped early, between two bursts, and rows may be left.
     drained: bool
+    #: Seconds after which to flush again: writers that skipped their notification
+    #: still ran (see :mod:`signalbus.awake`); ``None`` when nothing is owed.
+    recheck_after: float | None = None
 
 
 class ModelFlusher:
@@ -59,17 +63,23 @@ class ModelFlusher:
         connections: BurstConnections,
         stop: Callable[[], bool] | None = None,
         yield_to_others: Callable[[], bool] | None = None,
+        awake: Awake | None = None,
     ) -> FlushResult:
         """Send pending rows on *connections* until none is left; return what was done.
 
         *stop* is asked before each burst, *yield_to_others* after each one:
         when either returns true the flush ends there, between two bursts.
+        With *awake* (a listener's), the flush follows the wake protocol
+        (:mod:`signalbus.awake`): once its bursts bring rows in numbers, it
+        stays awake, flushing until a burst finds none, and keeps the
+        protocol's promise before it returns.
         """
         burst_count = get_burst_count(self.model)
         should_stop = stop or _never
         should_yield = yield_to_others or _never
         pipelined = burst_count >= PIPELINE_MIN_BURST
         sent, current = 0, 0
+        tried_waking = False
         upcoming: Future[Burst] | None = None
         try:
             while not should_stop():
@@ -83,8 +93,16 @@ class ModelFlusher:
                         check_not_blocked(self.model)
                 if not burst.rows:
                     burst.rollback()
-                    return FlushResult(sent, drained=True)
+                    if awake is None or not awake.owes_look:
+                        return FlushResult(sent, drained=True)
+                    recheck_after = _fall_asleep(awake, connections, current)
+                    if recheck_after is not None:
+                        return FlushResult(sent, drained=True, recheck_after=recheck_after)
+                    continue  # the last look, starting after the writers that skipped ended
                 full = len(burst.rows) == burst_count
+                if awake is not None and not tried_waking and len(burst.rows) >= AWAKE_MIN_ROWS:
+                    tried_waking = True  # once: another listener may hold the lock
+                    awake.wake_up(burst, connections.get(current), connections.on_driver)
                 if (
                     pipelined
                     and full
@@ -96,14 +114,21 @@ class ModelFlusher:
                     )
                 self._send(burst, connections.per_burst_settings)
                 sent += len(burst.rows)
-                if not full:
+                if not (full or (awake is not None and awake.is_awake)):
                     return FlushResult(sent, drained=True)
                 if should_yield():
                     break
             return FlushResult(sent, drained=False)
+        except BaseException:
+            if awake is not None:
+                with contextlib.suppress(Exception):  # a broken connection releases it
+                    awake.fall_asleep()
+            raise
         finally:
             if upcoming is not None:
                 _roll_back_when_done(upcoming)
+            if awake is not None:
+                awake.fall_asleep()  # ending early: the next flush keeps the promise
 
     @retry_on_deadlock()
     def _fetch(self, connections: BurstConnections, index: int, burst_count: int) -> Burst:
@@ -122,6 +147,14 @@ class ModelFlusher:
                 burst.rollback()
             raise
         burst.commit(per_burst_settings)
+
+
+def _fall_asleep(awake: Awake, connections: BurstConnections, index: int) -> float | None:
+    """Give the ``awake`` lock back; return when to look again if skipping writers still run."""
+    awake.fall_asleep()
+    if awake.skipped_writers_done(connections.get(index), connections.on_driver):
+        return None
+    return awake.recheck_delay()
 
 
 def _never() -> bool:

@@ -48,8 +48,10 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import Engine
 
+from .awake import Awake
 from .bus import SignalBus
 from .config import (
+    ALWAYS_NOTIFY,
     DEFAULT_CHANNEL,
     DEFAULT_CONFIG,
     PROBE_INTERVAL,
@@ -61,7 +63,7 @@ from .config import (
     listener_settings,
 )
 from .errors import one_line
-from .model import SignalModel
+from .model import SignalModel, signal_table
 from .notifications import Subscription, WakePipe
 from .schedule import OUTAGE_PROBE_MAX, FlushQueue
 from .worker import IDLE_RELEASE, Worker
@@ -105,6 +107,7 @@ def listener_from_config(
         sweep_interval=settings.sweep_interval,
         probe_interval=settings.probe_interval,
         workers=settings.workers,
+        always_notify=settings.always_notify,
         app=app,
     )
 
@@ -118,7 +121,9 @@ class Listener:
     ``SIGTERM`` or ``SIGINT``. Create it inside the app context of
     ``signalbus.db`` (or pass *app*); the worker threads push that app's context.
     *workers* threads flush; each releases its connections after *idle_release*
-    seconds without work.
+    seconds without work. Unless *always_notify*, the listener takes part in
+    the wake protocol (:mod:`signalbus.awake`): writers skip their
+    notification while it is awake for their table.
     """
 
     def __init__(
@@ -132,6 +137,7 @@ class Listener:
         max_backoff: float = MAX_BACKOFF,
         workers: int = DEFAULT_CONFIG[WORKERS],
         idle_release: float = IDLE_RELEASE,
+        always_notify: bool = DEFAULT_CONFIG[ALWAYS_NOTIFY],
         app: Any = None,
     ) -> None:
         if app is None:
@@ -159,6 +165,7 @@ class Listener:
         self._queue: FlushQueue[SignalModel] = FlushQueue(
             served, sweep_interval, max_backoff, resource_of=engines.__getitem__
         )
+        awake = {} if always_notify else {model: _awake(model) for model in served}
         self._workers = [
             Worker(
                 f"signalbus-worker-{number}",
@@ -169,6 +176,7 @@ class Listener:
                 app,
                 self._redact,
                 self._database_works,
+                awake.get,
                 check_seconds("idle_release", idle_release),
             )
             for number in range(1, check_workers("workers", workers) + 1)
@@ -353,3 +361,8 @@ def _shorten(payload: str) -> str:
     if len(payload) <= _LOGGED_PAYLOAD_CHARS:
         return repr(payload)
     return f"{payload[:_LOGGED_PAYLOAD_CHARS]!r}... ({len(payload)} characters)"
+
+
+def _awake(model: SignalModel) -> Awake:
+    table = signal_table(model)
+    return Awake(table.schema, table.name)

@@ -124,8 +124,24 @@ class FlushQueue(Generic[M]):
                 state.retry_at = None
             if state.running:
                 state.again = True
-            elif not (state.queued or state.retry_at is not None):
+            elif not (state.queued or self._backs_off(state)):
+                state.retry_at = None
                 self._enqueue(model, state)
+
+    def later(self, model: M, delay: float) -> None:
+        """Ask for a flush of *model* in *delay* seconds, unless one comes sooner.
+
+        Not a failure: its backoff is untouched, and a :meth:`request` meanwhile
+        queues it at once.
+        """
+        with self._changed:
+            state = self._states[model]
+            if state.running or state.queued:
+                return
+            retry_at = self._clock() + delay
+            if state.retry_at is None or retry_at < state.retry_at:
+                state.retry_at = retry_at
+                self._changed.notify()  # a waiting worker may have to wake earlier
 
     def sweep(self, *, catch_up: bool = False) -> None:
         """Ask for a sweep at once; *catch_up* also cuts every model's backoff short."""
@@ -285,6 +301,11 @@ class FlushQueue(Generic[M]):
     def _resources(self, model: M) -> tuple[Hashable, Hashable]:
         """What *model*'s flushes depend on: the broker, and its database."""
         return (SENDING, self._resource_of(model))
+
+    @staticmethod
+    def _backs_off(state: _State) -> bool:
+        """Whether *state*'s model waits for its retry after a failure."""
+        return state.retry_at is not None and state.backoff.attempts > 0
 
     def _held(self, model: M) -> bool:
         return any(resource in self._outages for resource in self._resources(model))

@@ -25,6 +25,7 @@ import psycopg
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from .awake import Awake
 from .bus import SignalBus
 from .connections import OwnedConnections
 from .errors import OutageError, failure_details, one_line
@@ -54,10 +55,13 @@ class Worker:
         app: Any,
         redact: Redactor,
         database_works: Callable[[Engine], None],
+        awake_of: Callable[[SignalModel], Awake | None] = lambda model: None,
         idle_release: float = IDLE_RELEASE,
     ) -> None:
         """*database_works* is called with the engine of every flush that worked;
-        *idle_release* is how long the worker may idle before it releases its connections.
+        *awake_of* gives a model's wake protocol state (``None``: the worker stays
+        out of it); *idle_release* is how long the worker may idle before it
+        releases its connections.
         """
         self.idle_release = idle_release
         self.signalbus = signalbus
@@ -67,6 +71,7 @@ class Worker:
         self._stopping = stopping
         self._redact = redact
         self._database_works = database_works
+        self._awake_of = awake_of
         self._connections: dict[Engine, OwnedConnections] = {}
         #: The models flushed since the worker last released what it holds.
         self._flushed: set[SignalModel] = set()
@@ -155,6 +160,8 @@ class Worker:
             if failing:
                 logger.info("Sending %s signals works again.", model.__name__)
             self.queue.done(model, drained=result.drained, sent=result.sent > 0)
+            if result.recheck_after is not None:
+                self.queue.later(model, result.recheck_after)
             self._database_works(engine)
         finally:
             self.current = None
@@ -189,15 +196,17 @@ class Worker:
     def _flush_once(self, model: SignalModel, engine: Engine) -> FlushResult:
         flusher = self.signalbus.flusher(model)
         connections = self._connections_to(engine)
+        awake = self._awake_of(model)
+        stopping, others_waiting = self._stopping.is_set, self.queue.others_waiting
         try:
-            return flusher.flush(connections, self._stopping.is_set, self.queue.others_waiting)
+            return flusher.flush(connections, stopping, others_waiting, awake)
         except DBAPIError as error:
             connections.close()  # they may be broken; the next flush opens new ones
             if not _is_connection_error(error):
                 raise
             # Likely a connection the server closed (a restart): one more try, at
             # once, on a fresh connection, unless the server is down.
-            return flusher.flush(connections, self._stopping.is_set, self.queue.others_waiting)
+            return flusher.flush(connections, stopping, others_waiting, awake)
 
     def _close_connections(self) -> None:
         for connections in self._connections.values():

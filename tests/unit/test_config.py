@@ -6,7 +6,13 @@ import math
 
 import pytest
 
-from signalbus.config import check_channel, check_seconds, check_workers
+from signalbus.config import (
+    check_channel,
+    check_flag,
+    check_seconds,
+    check_workers,
+    listener_settings,
+)
 
 
 @pytest.mark.parametrize(("value", "seconds"), [(30, 30.0), (0.5, 0.5), ("12.5", 12.5)])
@@ -39,3 +45,23 @@ def test_check_workers_takes_whole_numbers_up_to_the_maximum(value: object, work
 def test_check_workers_rejects_the_rest(value: object) -> None:
     with pytest.raises(ValueError, match="W must be a whole number from 1 to 64"):
         check_workers("W", value)
+
+
+@pytest.mark.parametrize(
+    ("value", "flag"), [(True, True), (False, False), ("true", True), (" On ", True), ("0", False)]
+)
+def test_check_flag_takes_booleans_and_their_spellings(value: object, flag: bool) -> None:
+    assert check_flag("F", value) is flag
+
+
+@pytest.mark.parametrize("value", [1, 0, "maybe", None, [True]])
+def test_check_flag_rejects_the_rest(value: object) -> None:
+    with pytest.raises(ValueError, match="F must be true or false"):
+        check_flag("F", value)
+
+
+def test_the_listener_joins_the_wake_protocol_unless_told_to_always_notify() -> None:
+    assert listener_settings({}).always_notify is False
+    assert listener_settings({"SIGNALBUS_ALWAYS_NOTIFY": "yes"}).always_notify is True
+    with pytest.raises(ValueError, match="SIGNALBUS_ALWAYS_NOTIFY must be true or false"):
+        listener_settings({"SIGNALBUS_ALWAYS_NOTIFY": "sometimes"})
