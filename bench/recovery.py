@@ -72,8 +72,6 @@ import json
 import math
 import os
 import random
-import shlex
-import signal
 import socket
 import tempfile
 import threading
@@ -162,7 +160,7 @@ def private_postgres(directory: Path) -> Iterator[embedded.EmbeddedPostgres]:
         server = embedded.start(directory, dbname="postgres")  # attaches: started is False
         server.stop()
         server.port = stable_ports(1)[0]
-        start_postgres_again(server)
+        server.start_again(ephemeral=True)
         os.environ[SERVER_URL_VARIABLE] = server.url  # for bench_database; restored on exit
         yield server
 
@@ -186,21 +184,6 @@ def postgres_answers(conninfo: str) -> bool:
     except psycopg.OperationalError:
         return False
     return True
-
-
-def start_postgres_again(server: embedded.EmbeddedPostgres) -> None:
-    """``pg_ctl start`` the stopped *server* on its port and data, as :func:`embedded.start`
-    does (which would pick another port)."""
-    settings = {
-        "listen_addresses": server.host,
-        "port": str(server.port),
-        "unix_socket_directories": "",
-        **embedded._EPHEMERAL_SETTINGS,
-    }
-    # pg_ctl pastes -o into a /bin/sh command line, hence the shell quoting.
-    options = " ".join(f"-c {shlex.quote(f'{name}={value}')}" for name, value in settings.items())
-    args = ("start", "-w", "-t", str(int(START_TIMEOUT)), "-l", embedded.LOG_NAME, "-o", options)
-    embedded._run(server._bin_dir, "pg_ctl", server.pgdata, server._account, START_TIMEOUT, *args)
 
 
 def group_alive(group: int) -> bool:
@@ -239,7 +222,7 @@ class PostgresOutage:
 
     def up(self) -> float:
         with ThreadPoolExecutor(1) as pool:
-            start = pool.submit(start_postgres_again, self.server)
+            start = pool.submit(self.server.start_again, ephemeral=True)
             try:
                 return wait_until_up(
                     lambda: postgres_answers(self.conninfo),
@@ -258,15 +241,12 @@ class RabbitOutage:
         self.node = node
 
     def down(self) -> None:
-        server = self.node._processes[-1]  # epmd is the first; the latest server the last
-        os.killpg(server.pid, signal.SIGKILL)  # its own session: beam.smp and its helpers
-        server.wait()
+        server = self.node.kill_server()
         if not wait_until(lambda: not group_alive(server.pid), 30):
             raise RuntimeError("the killed RabbitMQ node's processes did not end within 30 s")
 
     def up(self) -> float:
-        with open(self.node.base_dir / "server.out", "ab") as out:
-            server = self.node._spawn([str(self.node.scripts / "rabbitmq-server")], stdout=out)
+        server = self.node.start_server()
         url = self.node.url()
         try:
             return wait_until_up(lambda: answers_amqp(url), lambda: server.poll() is None)

@@ -159,6 +159,18 @@ class EmbeddedPostgres:
             _stop_server(self._bin_dir, self.pgdata, self._account, timeout)
         log.info("embedded PostgreSQL in %s stopped", self.pgdata)
 
+    def start_again(self, *, ephemeral: bool = False, timeout: float = 60) -> None:
+        """Start the stopped server again on :attr:`port`, with its data. Idempotent.
+
+        For restarts in tests and benchmarks: :func:`start` picks a new port.
+        *ephemeral* as for :func:`start`.
+        """
+        with _locked(self.data_dir):
+            if _running_port(self.pgdata) is not None:
+                return
+            settings = _EPHEMERAL_SETTINGS if ephemeral else {}
+            _start_server(self._bin_dir, self.pgdata, self._account, settings, timeout, self.port)
+
     def __enter__(self) -> EmbeddedPostgres:
         return self
 
@@ -431,12 +443,19 @@ def _initdb(
 
 
 def _start_server(
-    bin_dir: Path, pgdata: Path, account: _Account, settings: dict[str, str], timeout: float
+    bin_dir: Path,
+    pgdata: Path,
+    account: _Account,
+    settings: dict[str, str],
+    timeout: float,
+    port: int | None = None,
 ) -> int:
-    """Start the postmaster on a free 127.0.0.1 port (retrying if the port got taken)."""
+    """Start the postmaster on *port*, else on a free 127.0.0.1 port (retrying if the port
+    got taken)."""
     _remove_stale_pidfile(pgdata)
-    for attempt in range(3):
-        port = _free_port()
+    chosen = port
+    for attempt in range(1 if chosen else 3):
+        port = chosen or _free_port()
         options = {"listen_addresses": HOST, "port": str(port), "unix_socket_directories": ""}
         # pg_ctl pastes -o into a /bin/sh command line, hence the shell quoting.
         opts = " ".join(f"-c {shlex.quote(f'{k}={v}')}" for k, v in {**options, **settings}.items())
@@ -444,7 +463,7 @@ def _start_server(
             args = ["start", "-w", "-t", str(int(timeout)), "-l", LOG_NAME, "-o", opts]
             _run(bin_dir, "pg_ctl", pgdata, account, timeout, *args)
         except EmbeddedPostgresError as exc:
-            if attempt == 2 or "could not bind" not in str(exc):
+            if chosen or attempt == 2 or "could not bind" not in str(exc):
                 raise
             continue
         log.info("embedded PostgreSQL started on %s:%d (data: %s)", HOST, port, pgdata)

@@ -216,6 +216,22 @@ class RabbitNode:
         if not answers_amqp(self.url()):
             self._fail_to_start(f"it refuses AMQP connections on port {self.ports.amqp}")
 
+    def kill_server(self) -> subprocess.Popen[bytes]:
+        """Kill the node's server hard (SIGKILL to its session), as a crash would; keep epmd.
+
+        Returns the killed process: helpers of its session may outlive it briefly.
+        """
+        server = self._processes[-1]  # epmd is the first, the latest server the last
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+        return server
+
+    def start_server(self) -> subprocess.Popen[bytes]:
+        """Start the server again after :meth:`kill_server`, with its name, ports and data;
+        return its process without waiting for it."""
+        with open(self.base_dir / "server.out", "ab") as out:
+            return self._spawn([str(self.scripts / "rabbitmq-server")], stdout=out)
+
     def stop(self) -> None:
         """Shut the node down, and its epmd; kill what does not stop."""
         if self._processes and self._processes[-1].poll() is None:

@@ -122,6 +122,19 @@ def test_start_select_stop_then_warm_restart(data_dir: Path) -> None:
     assert warm_time < cold
 
 
+def test_start_again_restarts_on_the_same_port_with_the_same_data(data_dir: Path) -> None:
+    pg = embedded.start(data_dir, ephemeral=True)
+    with psycopg.connect(libpq_conninfo(pg.url), autocommit=True) as connection:
+        connection.execute("CREATE TABLE kept (id int)")
+    pg.stop()
+    pg.start_again(ephemeral=True)
+    pg.start_again()  # idempotent: it runs
+    assert pg.is_running()
+    with psycopg.connect(libpq_conninfo(pg.url), autocommit=True) as connection:
+        assert connection.execute("SELECT to_regclass('kept') IS NOT NULL").fetchone() == (True,)
+    pg.stop()
+
+
 def test_permissions_of_foreign_directories_are_unchanged(data_dir: Path) -> None:
     bin_dir = embedded._default_bin_dir()
     watched = sorted(
