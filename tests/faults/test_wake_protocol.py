@@ -17,6 +17,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.listener_processes import Database, ListenerProcess
+from tests.trigger_checks import CLASSIC_FUNCTION
 from tests.waiting import wait_until
 
 #: The advisory-lock namespace of a table's ``awake`` lock (sql/notify_function.sql).
@@ -116,6 +117,22 @@ def test_rows_of_writers_that_skipped_are_never_left_for_the_sweep(
     wait_until(lambda: not database.pending("tick"), what="the last commit")
     # The run crossed awake and asleep: a listener held the lock at some point.
     assert writers.awake_seen
+
+
+def test_a_listener_serves_a_database_whose_function_is_still_the_classic_one(
+    spawn: Callable[..., ListenerProcess], database: Database
+) -> None:
+    database.execute(CLASSIC_FUNCTION)  # a rolling deploy: the database not upgraded yet
+    listener = spawn(*NO_SWEEP)
+    listener.wait_ready()
+    writers = Writers(database, count=4)
+    try:
+        for _ in range(5):
+            written = set(writers.write(200))
+            wait_until(lambda w=written: w <= set(database.sent()), timeout=30, what="the wave")
+    finally:
+        writers.close()
+    wait_until(lambda: not database.pending("tick"), what="the last commit")
 
 
 def test_a_listener_killed_while_awake_silences_nobody(
