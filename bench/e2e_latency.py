@@ -1,6 +1,7 @@
 """Benchmark: commit-to-consumer latency and CPU per message of the listener and a bare relay.
 
     python -m bench.e2e_latency [--url AMQP_URL] [--rates 200,1000] [--duration 15] [--runs 3]
+                                [--protocols new]
 
 For each rate of ``--rates``, two relays carry the reference app's
 ``OrderPlacedSignal`` rows from PostgreSQL to RabbitMQ, one after the other
@@ -31,6 +32,18 @@ the producer's, from ``pg_stat_activity``; ``/proc`` is sampled every 0.25 s,
 so that a backend ending in the window still counts; needs a local server).
 Prints both per run, their medians over the runs, and the ratios
 listener/bare of CPU and latency.
+
+``--protocols`` (comma-separated, of :data:`bench.wake.PROTOCOLS`; default
+``new``) names the wake-ups of the listener to measure: one listener per
+protocol in every run, next to the bare relay, their order alternating between
+runs. ``new`` is the current trigger function and a listener in the wake
+protocol; ``classic``, :data:`bench.wake.CLASSIC_FUNCTION` installed once the
+schema is, and a listener with ``SIGNALBUS_ALWAYS_NOTIFY``. The bare relay runs
+once per rate and run, on the current function: holding no ``awake`` lock, it
+gets a notification for every transaction either way. With more than one
+protocol the listeners are named ``listener:new`` and ``listener:classic``, and
+with both the ratios new/classic of the listeners' p50 and p99 of
+``commit->receive`` and of their CPU per message are printed too.
 """
 
 from __future__ import annotations
@@ -58,11 +71,11 @@ from bench.process import LoggedProcess
 from bench.rabbitmq import DEFAULT_URL
 from bench.stats import Stats, format_stats, median_stats, percentiles
 from bench.throughput import broker_topology
+from bench.wake import PROTOCOLS, install_classic_function, listener_environment
 from signalbus.conninfo import libpq_conninfo
 from signalbus.rabbitmq import redact_url
 
 INSERT = "INSERT INTO order_placed_signal (payload) VALUES (%s)"
-RELAYS = ("listener", "bare")
 #: Rows sent through before the timed window (their ids in the payload are negative).
 WARM_UP = 20
 #: The producer's ``application_name``: its backend is not the relay's.
@@ -87,11 +100,22 @@ def create_schema(database_url: str) -> None:
 
 
 class Sidecar(LoggedProcess):
-    """``flask --app refapp signalbus listen`` in a subprocess, its log in a file."""
+    """``flask --app refapp signalbus listen`` in a subprocess, its log in a file.
 
-    def __init__(self, database_url: str, amqp_url: str, exchange: str, log_file: Path) -> None:
+    *protocol* (of :data:`bench.wake.PROTOCOLS`) sets its environment.
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        amqp_url: str,
+        exchange: str,
+        log_file: Path,
+        protocol: str = "new",
+    ) -> None:
         env = {
             **os.environ,
+            **listener_environment(protocol),
             "DATABASE_URL": database_url,
             "SIGNALBUS_RABBITMQ_URL": amqp_url,
             "SIGNALBUS_EXCHANGE": exchange,
@@ -243,11 +267,14 @@ class Result:
     backends: int
 
 
-def measure(amqp_url: str, relay: str, rate: float, duration: float) -> Result:
-    """Run *relay* once at *rate*; return its latencies in ms (see :func:`latencies`) and CPU."""
+def measure(amqp_url: str, relay: str, rate: float, duration: float, protocol: str) -> Result:
+    """Run *relay* once at *rate*; return its latencies in ms (see :func:`latencies`) and CPU.
+
+    *protocol* (of :data:`bench.wake.PROTOCOLS`) is the trigger function and the
+    listener's environment; the bare relay is run with ``new``.
+    """
     context = multiprocessing.get_context("spawn")
     database = f"signalbus_bench_e2e_{os.getpid()}"
-    relay_class = Sidecar if relay == "listener" else BareRelay
     with (
         bench_database(database) as database_url,
         broker_topology(amqp_url) as (exchange, _purge),
@@ -255,13 +282,20 @@ def measure(amqp_url: str, relay: str, rate: float, duration: float) -> Result:
     ):
         create_schema(database_url)
         conninfo = libpq_conninfo(database_url)
+        if protocol == "classic":
+            install_classic_function(conninfo)
         ready_r, ready_w = context.Pipe(duplex=False)
         consumer_end, parent_end = context.Pipe()
         consumer = context.Process(
             target=consume, args=(amqp_url, exchange, ready_w, consumer_end), daemon=True
         )
         consumer.start()
-        process = relay_class(database_url, amqp_url, exchange, Path(workdir) / f"{relay}.log")
+        log_file = Path(workdir) / f"{relay}.log"
+        process: LoggedProcess
+        if relay == "listener":
+            process = Sidecar(database_url, amqp_url, exchange, log_file, protocol)
+        else:
+            process = BareRelay(database_url, amqp_url, exchange, log_file)
         try:
             if not ready_r.poll(30):
                 raise RuntimeError("the consumer did not start")
@@ -314,6 +348,29 @@ def parse_rates(text: str) -> list[float]:
     return [float(rate) for rate in text.split(",")]
 
 
+def parse_protocols(text: str) -> list[str]:
+    """Return the protocols of comma-separated *text*, each of :data:`bench.wake.PROTOCOLS`."""
+    protocols = [protocol.strip() for protocol in text.split(",")]
+    if not set(protocols) <= set(PROTOCOLS) or len(set(protocols)) != len(protocols):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a comma-separated subset of {', '.join(PROTOCOLS)}, each once"
+        )
+    return protocols
+
+
+def relays(protocols: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """Name the relays of a run: a listener per protocol, then the bare relay.
+
+    Maps each name to its ``(relay, protocol)`` for :func:`measure`. The
+    listener is just ``listener`` when it is the only one and is ``new``.
+    """
+    if list(protocols) == ["new"]:
+        listeners = {"listener": ("listener", "new")}
+    else:
+        listeners = {f"listener:{protocol}": ("listener", protocol) for protocol in protocols}
+    return {**listeners, "bare": ("bare", "new")}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default=os.environ.get("SIGNALBUS_TEST_RABBITMQ_URL", DEFAULT_URL))
@@ -322,54 +379,108 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--duration", type=float, default=15.0, help="seconds of producing")
     parser.add_argument("--runs", "--rounds", type=int, default=3, help="runs; medians are printed")
+    parser.add_argument(
+        "--protocols",
+        type=parse_protocols,
+        default=["new"],
+        help=f"the listener's wake-ups, comma-separated, of {','.join(PROTOCOLS)} (default: new)",
+    )
     args = parser.parse_args(argv)
+    named = relays(args.protocols)
+    listeners = ", ".join(name for name in named if name != "bare")
     rates = ", ".join(f"{rate:g}" for rate in args.rates)
     print(
-        f"broker {redact_url(args.url)}: listener and bare relay at {rates} rows/s,"
+        f"broker {redact_url(args.url)}: {listeners} and bare relay at {rates} rows/s,"
         f" {args.duration:g} s each, {args.runs} run(s)"
     )
-    results: dict[float, dict[str, list[Result]]] = {
-        rate: {relay: [] for relay in RELAYS} for rate in args.rates
-    }
-    for number in range(1, args.runs + 1):
-        order = RELAYS if number % 2 else RELAYS[::-1]
-        for rate in args.rates:
-            for relay in order:
-                result = measure(args.url, relay, rate, args.duration)
-                label = f"run {number}, {rate:g} rows/s, {relay}"
-                print(f"{label}: achieved {result.achieved:6.0f} rows/s")
-                show(result.stats)
-                show_cpu(result.relay_cpu, result.postgres_cpu, f"{result.backends} backends")
-                results[rate][relay].append(result)
+    results = run_all(args.url, named, args.rates, args.duration, args.runs)
     for rate in args.rates:
         summarize(rate, results[rate])
     print("targets: commit->receive p50 <= 2 ms, p99 <= 10 ms;")
     print("  listener/bare CPU <= 0.7 at 200 rows/s, <= 1 at 1000 rows/s; p50 and p99 <= 1")
+    if len(args.protocols) == len(PROTOCOLS):
+        print("  new/classic p50 and p99 <= 1.1")
+
+
+def run_all(
+    amqp_url: str,
+    named: dict[str, tuple[str, str]],
+    rates: Sequence[float],
+    duration: float,
+    runs: int,
+) -> dict[float, dict[str, list[Result]]]:
+    """Measure each relay of *named* (see :func:`relays`) at each rate, *runs* times.
+
+    The relays' order alternates between runs. Prints every measure; returns
+    them by rate and name.
+    """
+    results: dict[float, dict[str, list[Result]]] = {
+        rate: {name: [] for name in named} for rate in rates
+    }
+    for number in range(1, runs + 1):
+        order = list(named) if number % 2 else list(named)[::-1]
+        for rate in rates:
+            for name in order:
+                relay, protocol = named[name]
+                result = measure(amqp_url, relay, rate, duration, protocol)
+                label = f"run {number}, {rate:g} rows/s, {name}"
+                print(f"{label}: achieved {result.achieved:6.0f} rows/s")
+                show(result.stats)
+                show_cpu(result.relay_cpu, result.postgres_cpu, f"{result.backends} backends")
+                results[rate][name].append(result)
+    return results
+
+
+@dataclass
+class Medians:
+    """One relay's medians over the runs at one rate."""
+
+    stats: dict[str, Stats]
+    relay_cpu: float
+    postgres_cpu: float | None
+
+
+def medians(results: list[Result]) -> Medians:
+    """Return the medians of a relay's *results* at one rate."""
+    stats = {name: median_stats([r.stats[name] for r in results]) for name in results[0].stats}
+    postgres = [r.postgres_cpu for r in results if r.postgres_cpu is not None]
+    return Medians(
+        stats,
+        statistics.median(r.relay_cpu for r in results),
+        statistics.median(postgres) if postgres else None,
+    )
 
 
 def summarize(rate: float, runs: dict[str, list[Result]]) -> None:
-    """Print the medians over the runs of each relay at *rate*, and their ratios."""
+    """Print the medians over the runs of each relay at *rate*, and their ratios.
+
+    Each listener's over the bare relay's and, with both protocols, the
+    ``new`` listener's over the ``classic`` one's.
+    """
     title = f"median of {len(runs['bare'])} runs" if len(runs["bare"]) > 1 else "1 run"
     print(f"{rate:g} rows/s, {title}:")
-    medians = {}
-    for relay, results in runs.items():
-        stats = {name: median_stats([r.stats[name] for r in results]) for name in results[0].stats}
-        relay_cpu = statistics.median(r.relay_cpu for r in results)
-        postgres = [r.postgres_cpu for r in results if r.postgres_cpu is not None]
-        postgres_cpu = statistics.median(postgres) if postgres else None
-        print(f" {relay}:")
-        show(stats)
-        show_cpu(relay_cpu, postgres_cpu)
-        medians[relay] = (stats["commit->receive"], relay_cpu, postgres_cpu)
-    (listener_latency, listener_cpu, listener_pg), (bare_latency, bare_cpu, bare_pg) = (
-        medians["listener"],
-        medians["bare"],
-    )
-    ratios = [f"relay CPU {listener_cpu / bare_cpu:.2f}"]
-    if listener_pg is not None and bare_pg is not None:
-        ratios.append(f"PostgreSQL CPU {listener_pg / bare_pg:.2f}")
-    ratios += [f"{key} {listener_latency[key] / bare_latency[key]:.2f}" for key in ("p50", "p99")]
-    print(f" listener/bare: {', '.join(ratios)}")
+    by_name: dict[str, Medians] = {}
+    for name, results in runs.items():
+        by_name[name] = medians(results)
+        print(f" {name}:")
+        show(by_name[name].stats)
+        show_cpu(by_name[name].relay_cpu, by_name[name].postgres_cpu)
+    for name in [name for name in by_name if name != "bare"]:
+        print(f" {name}/bare: {ratios(by_name[name], by_name['bare'], 'relay CPU')}")
+    if {"listener:new", "listener:classic"} <= by_name.keys():
+        new, classic = by_name["listener:new"], by_name["listener:classic"]
+        print(f" new/classic: {ratios(new, classic, 'listener CPU')}")
+
+
+def ratios(numerator: Medians, denominator: Medians, cpu: str) -> str:
+    """Return *numerator*/*denominator* of the relay's CPU (named *cpu*), its PostgreSQL
+    backends' CPU and the p50 and p99 of ``commit->receive``."""
+    parts = [f"{cpu} {numerator.relay_cpu / denominator.relay_cpu:.2f}"]
+    if numerator.postgres_cpu is not None and denominator.postgres_cpu is not None:
+        parts.append(f"PostgreSQL CPU {numerator.postgres_cpu / denominator.postgres_cpu:.2f}")
+    latency, baseline = numerator.stats["commit->receive"], denominator.stats["commit->receive"]
+    parts += [f"{key} {latency[key] / baseline[key]:.2f}" for key in ("p50", "p99")]
+    return ", ".join(parts)
 
 
 def show(stats: dict[str, Stats]) -> None:

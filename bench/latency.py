@@ -1,6 +1,7 @@
 """Benchmark: commit-to-send latency of ``flask signalbus listen``, and its idle cost.
 
     python -m bench.latency [--rates 200,1000] [--duration 15] [--idle 60] [--runs 1]
+                            [--protocols new]
 
 A ``flask signalbus listen`` process (the real CLI, default options) serves
 one signal model in a throwaway database, with the notification trigger
@@ -29,6 +30,15 @@ Every row is sent with ``send_signalbus_messages``, which does nothing but
 note the time: the latency of a broker is not part of this. The producer, the
 listener and PostgreSQL share the machine's cores. With ``--runs N`` each
 statistic is the median over the runs.
+
+``--protocols`` (comma-separated, of :data:`bench.wake.PROTOCOLS`; default
+``new``) names the wake-ups to measure, each on a database and a listener of
+its own, one after the other in every run (their order alternates between
+runs): ``new``, the current trigger function and a listener in the wake
+protocol; ``classic``, :data:`bench.wake.CLASSIC_FUNCTION` installed once the
+schema is, and a listener with ``SIGNALBUS_ALWAYS_NOTIFY``. The statistics are
+printed per protocol and, with both, the ratios new/classic of the p50 and p99
+of ``insert->send``.
 """
 
 from __future__ import annotations
@@ -51,7 +61,9 @@ from bench.database import bench_database, server_url
 from bench.idle import measure_idle
 from bench.process import LoggedProcess
 from bench.stats import format_stats, median_stats, percentiles
+from bench.wake import PROTOCOLS, install_classic_function, listener_environment
 from signalbus import SignalBusMixin
+from signalbus.config import ALWAYS_NOTIFY
 from signalbus.conninfo import libpq_conninfo
 from signalbus.triggers import install_trigger
 
@@ -92,9 +104,13 @@ def _sent_file() -> int:
 
 
 def create_app(database_url: str | None = None) -> Flask:
-    """The listener's app (``flask --app bench.latency``): ``$BENCH_DATABASE_URL``."""
+    """The listener's app (``flask --app bench.latency``): ``$BENCH_DATABASE_URL``.
+
+    ``$SIGNALBUS_ALWAYS_NOTIFY``, when set, is its ``SIGNALBUS_ALWAYS_NOTIFY``.
+    """
     app = Flask(__name__)
     app.config["SQLALCHEMY_DATABASE_URI"] = database_url or os.environ["BENCH_DATABASE_URL"]
+    app.config[ALWAYS_NOTIFY] = os.environ.get(ALWAYS_NOTIFY)
     db.init_app(app)
     return app
 
@@ -109,12 +125,16 @@ def create_schema(database_url: str) -> None:
 
 
 class ListenerProcess(LoggedProcess):
-    """``flask signalbus listen`` in a subprocess, its log in a file."""
+    """``flask signalbus listen`` in a subprocess, its log in a file.
 
-    def __init__(self, database_url: str, workdir: Path) -> None:
+    *protocol* (of :data:`bench.wake.PROTOCOLS`) sets its environment.
+    """
+
+    def __init__(self, database_url: str, workdir: Path, protocol: str = "new") -> None:
         self.sent_file = workdir / "sent"
         env = {
             **os.environ,
+            **listener_environment(protocol),
             "BENCH_DATABASE_URL": database_url,
             "BENCH_SENT_FILE": str(self.sent_file),
         }
@@ -170,12 +190,15 @@ def measure_rate(
     return result
 
 
-def run(rates: Sequence[float], duration: float, idle: float) -> dict[str, Any]:
+def run(rates: Sequence[float], duration: float, idle: float, protocol: str) -> dict[str, Any]:
+    """Measure *protocol* once: the idle phase, then each rate, on a fresh database."""
     name = f"signalbus_bench_latency_{os.getpid()}"
     with bench_database(name) as database_url, tempfile.TemporaryDirectory() as workdir:
         create_schema(database_url)
+        if protocol == "classic":
+            install_classic_function(libpq_conninfo(database_url))
         server = libpq_conninfo(server_url())
-        listener = ListenerProcess(database_url, Path(workdir))
+        listener = ListenerProcess(database_url, Path(workdir), protocol)
         try:
             results: dict[str, Any] = {}
             if idle > 0:
@@ -188,7 +211,20 @@ def run(rates: Sequence[float], duration: float, idle: float) -> dict[str, Any]:
         return results
 
 
+def run_all(
+    rates: Sequence[float], duration: float, idle: float, protocols: Sequence[str], runs: int
+) -> dict[str, list[dict[str, Any]]]:
+    """Run each protocol *runs* times, their order alternating between runs; map them to runs."""
+    results: dict[str, list[dict[str, Any]]] = {protocol: [] for protocol in protocols}
+    for number in range(1, runs + 1):
+        order = protocols if number % 2 else protocols[::-1]
+        for protocol in order:
+            results[protocol].append(run(rates, duration, idle, protocol))
+    return results
+
+
 def report(runs: list[dict[str, Any]], rates: Sequence[float], idle: float) -> None:
+    """Print the medians over *runs* (of one protocol) of each rate, and the idle counts."""
     for rate in rates:
         achieved = statistics.median(run[rate]["rate"]["achieved"] for run in runs)
         print(f"{rate:g} rows/s (achieved {achieved:.0f}/s), ms, median of {len(runs)} run(s):")
@@ -200,16 +236,52 @@ def report(runs: list[dict[str, Any]], rates: Sequence[float], idle: float) -> N
         print(f"idle: {counts} transactions in {idle:g} s (median {statistics.median(counts):g})")
 
 
+def report_ratios(
+    new: list[dict[str, Any]], classic: list[dict[str, Any]], rates: Sequence[float]
+) -> None:
+    """Print, per rate, new/classic of the medians of ``insert->send``'s p50 and p99."""
+    for rate in rates:
+        new_stats, classic_stats = (
+            median_stats([run[rate]["insert->send"] for run in runs]) for runs in (new, classic)
+        )
+        ratios = ", ".join(
+            f"{key} {new_stats[key] / classic_stats[key]:.2f}" for key in ("p50", "p99")
+        )
+        print(f"new/classic, {rate:g} rows/s, insert->send: {ratios}")
+
+
+def parse_protocols(text: str) -> list[str]:
+    """Return the protocols of comma-separated *text*, each of :data:`bench.wake.PROTOCOLS`."""
+    protocols = [protocol.strip() for protocol in text.split(",")]
+    unknown = [protocol for protocol in protocols if protocol not in PROTOCOLS]
+    if unknown or len(set(protocols)) != len(protocols):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a comma-separated subset of {', '.join(PROTOCOLS)}, each once"
+        )
+    return protocols
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__)
     parser.add_argument("--rates", default="200,1000", help="rows per second, comma-separated")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per rate")
     parser.add_argument("--idle", type=float, default=60.0, help="idle seconds (0: skip)")
     parser.add_argument("--runs", type=int, default=1, help="runs; medians are reported")
+    parser.add_argument(
+        "--protocols",
+        type=parse_protocols,
+        default=["new"],
+        help=f"wake-ups to measure, comma-separated, of {','.join(PROTOCOLS)} (default: new)",
+    )
     args = parser.parse_args(argv)
     rates = [float(rate) for rate in args.rates.split(",")]
-    runs = [run(rates, args.duration, args.idle) for _ in range(args.runs)]
-    report(runs, rates, args.idle)
+    results = run_all(rates, args.duration, args.idle, args.protocols, args.runs)
+    for protocol, runs in results.items():
+        if args.protocols != ["new"]:
+            print(f"protocol {protocol}:")
+        report(runs, rates, args.idle)
+    if len(results) == len(PROTOCOLS):
+        report_ratios(results["new"], results["classic"], rates)
 
 
 if __name__ == "__main__":
