@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 
 from .bus import SignalBus
 from .config import DEFAULT_CONFIG, MAX_WORKERS, SWEEP_INTERVAL, WORKERS, channel_setting
-from .errors import ConfigurationError, failure_details, one_line
+from .errors import ConfigurationError, OutageError, failure_details, one_line
 from .model import SignalModel, get_burst_count
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,22 @@ def signalbus_cli() -> None:
         # pika narrates every connection attempt, and logs each failed one as an error
         # with a traceback; the publisher's own errors say what matters, on one line.
         logging.getLogger("pika").setLevel(logging.CRITICAL)
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+log_level_option = click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    help="Log signalbus's messages from this level on  [default: info].",
+    callback=lambda _ctx, _param, value: _set_log_level(value),
+    expose_value=False,
+)
+
+
+def _set_log_level(level: str | None) -> None:
+    if level is not None:
+        logging.getLogger("signalbus").setLevel(level.upper())
 
 
 def get_signalbus() -> SignalBus:
@@ -77,14 +93,22 @@ def check_burst_counts(models: Sequence[SignalModel]) -> None:
 def flush_each(
     signalbus: SignalBus, models: Sequence[SignalModel]
 ) -> tuple[int, list[SignalModel]]:
-    """Flush every model, logging (not raising) a failing send; return (sent, failed)."""
+    """Flush every model, logging (not raising) a failing send; return (sent, failed).
+
+    An outage (the broker unavailable) ends the round on one line: the models
+    after it would fail the same way. An unexpected error shows its traceback.
+    """
     redact = signalbus.redactor()
-    sent, failed = 0, []
-    for model in models:
+    sent, failed = 0, list[SignalModel]()
+    for index, model in enumerate(models):
         try:
             sent += signalbus.flush_model(model)
+        except OutageError as error:
+            logger.error("Sending stopped at %s signals, %s; every row is kept.",
+                         model.__name__, redact(one_line(error)))  # fmt: skip
+            return sent, [*failed, *models[index:]]
         except Exception as error:
-            details = failure_details(error, with_traceback=True)
+            details = failure_details(error, with_traceback=not isinstance(error, DBAPIError))
             logger.error("Sending %s signals failed; its rows are kept%s", model.__name__,
                          redact(details))  # fmt: skip
             failed.append(model)
@@ -100,6 +124,7 @@ def flush_each(
     help="Flush again every SECONDS, until interrupted.",
     metavar="SECONDS",
 )
+@log_level_option
 @with_appcontext
 def flushmany_command(signal_names: tuple[str, ...], repeat: float | None) -> None:
     """Send the pending signals of SIGNAL_NAMES (all signals if none are given)."""
@@ -109,7 +134,7 @@ def flushmany_command(signal_names: tuple[str, ...], repeat: float | None) -> No
     while True:
         started = time.monotonic()
         sent, failed = flush_each(signalbus, models)
-        if sent or repeat is None:  # repeating, an idle round is not news
+        if sent or not (repeat or failed):  # an idle or failed round is not news
             logger.info("Sent %d signals.", sent)
         if repeat is None:
             if failed:
@@ -157,6 +182,7 @@ def pending_command() -> None:
     help=f"Flush with N threads  [default: {WORKERS}, {DEFAULT_CONFIG[WORKERS]}].",
     metavar="N",
 )
+@log_level_option
 @with_appcontext
 def listen_command(
     signal_names: tuple[str, ...], sweep_interval: float | None, workers: int | None
@@ -166,6 +192,7 @@ def listen_command(
     Runs until SIGTERM or SIGINT, then exits once the burst in flight is done.
     """
     from .listener import listener_from_config
+    from .preflight import StartupError
 
     models = resolve_signal_models(signal_names)
     if not models:
@@ -181,7 +208,10 @@ def listen_command(
         )
     except ConfigurationError as error:
         raise click.ClickException(f"Bad configuration: {error}") from None
-    listener.run()
+    try:
+        listener.run()
+    except StartupError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @signalbus_cli.command("triggers")

@@ -11,12 +11,14 @@ the embedded server's ``EmbeddedPostgresError``.
 
 from __future__ import annotations
 
+import threading
 import traceback
 
 from sqlalchemy.exc import DBAPIError
 
 __all__ = [
     "ConfigurationError",
+    "FailureDescriber",
     "MissingSettingError",
     "NotASignalModelError",
     "OutageError",
@@ -75,3 +77,28 @@ def failure_details(error: BaseException, *, with_traceback: bool) -> str:
     if with_traceback and not isinstance(error, DBAPIError):
         return ":\n" + "".join(traceback.format_exception(error)).rstrip()
     return f": {one_line(error)}"
+
+
+class FailureDescriber:
+    """Describes failures for log lines, each distinct error with its traceback once.
+
+    An error is distinct by its type and message. Safe to share between threads;
+    it remembers at most :attr:`MAX_REMEMBERED` errors, then starts afresh.
+    """
+
+    MAX_REMEMBERED = 1000
+
+    def __init__(self) -> None:
+        self._shown: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, error: BaseException) -> str:
+        """Return :func:`failure_details` of *error*, with its traceback if it is new."""
+        key = (type(error).__qualname__, str(error))
+        with self._lock:
+            new = key not in self._shown
+            if new:
+                if len(self._shown) >= self.MAX_REMEMBERED:
+                    self._shown.clear()
+                self._shown.add(key)
+        return failure_details(error, with_traceback=new)

@@ -31,8 +31,12 @@ transaction per sweep interval and one per probe interval.
 bursts; a burst still being sent after :data:`SHUTDOWN_GRACE` seconds is left
 to be rolled back when the process exits.
 
+Before it listens, :meth:`Listener.run` checks each database once for what
+retrying cannot fix (:func:`~signalbus.preflight.check_databases`), raising
+:class:`~signalbus.preflight.StartupError`.
+
 The listener runs no SQL: its subscriptions ``LISTEN`` and probe, everything
-else goes through the bus.
+else goes through the bus and the preflight.
 """
 
 from __future__ import annotations
@@ -62,9 +66,10 @@ from .config import (
     check_workers,
     listener_settings,
 )
-from .errors import one_line
+from .errors import FailureDescriber, one_line
 from .model import SignalModel, signal_table
 from .notifications import Subscription, WakePipe
+from .preflight import check_databases
 from .schedule import OUTAGE_PROBE_MAX, FlushQueue
 from .worker import IDLE_RELEASE, Worker
 
@@ -162,10 +167,14 @@ class Listener:
         engines = {model: engine for engine, group in by_engine.items() for model in group}
         self._redact = signalbus.redactor()
         self._served = set(served)
+        self._models = served
+        self._signalbus = signalbus
+        self._app = app
         self._queue: FlushQueue[SignalModel] = FlushQueue(
             served, sweep_interval, max_backoff, resource_of=engines.__getitem__
         )
         awake = {} if always_notify else {model: _awake(model) for model in served}
+        describe = FailureDescriber()
         self._workers = [
             Worker(
                 f"signalbus-worker-{number}",
@@ -178,6 +187,7 @@ class Listener:
                 self._database_works,
                 awake.get,
                 check_seconds("idle_release", idle_release),
+                describe,
             )
             for number in range(1, check_workers("workers", workers) + 1)
         ]
@@ -185,17 +195,37 @@ class Listener:
             Subscription(engine, channel, group, OUTAGE_PROBE_MAX)
             for engine, group in by_engine.items()
         ]
+        #: The cause of each subscription's connection failures, while they go on.
+        self._connect_failures: dict[Subscription, str] = {}
 
     def run(self) -> None:
-        """Listen and flush until stopped; returns once the workers are done."""
+        """Listen and flush until stopped; returns once the workers are done.
+
+        Raises :class:`~signalbus.preflight.StartupError`, before listening, for
+        a database that retrying would not fix.
+        """
         restore = self._handle_signals()
         try:
-            for worker in self._workers:
-                worker.start()
-            self._loop()
+            if self._preflight():
+                for worker in self._workers:
+                    worker.start()
+                self._loop()
         finally:
             self._shut_down()
             restore()
+
+    def _preflight(self) -> bool:
+        """Check what retrying cannot fix (see :mod:`signalbus.preflight`); false if stopped."""
+        self._connecting = True
+        try:
+            with self._app.app_context():
+                check_databases(self._signalbus, self._models)
+        except _Interrupted:
+            logger.info("Received %s; stopping.", self._stop_reason)
+            return False
+        finally:
+            self._connecting = False
+        return not (self._stopping.is_set() or self._stop_reason)
 
     def stop(self) -> None:
         """Ask :meth:`run` to return; safe to call from any thread."""
@@ -246,13 +276,18 @@ class Listener:
                 self._connecting = False
         except psycopg.Error as error:
             delay = subscription.schedule_retry()
-            logger.warning(
-                "Cannot listen on %s (%s); retrying in %.1f s.",
-                subscription.description,
-                self._redact(one_line(error)),
-                delay,
-            )
+            failure = self._redact(one_line(error))
+            if self._connect_failures.get(subscription) != failure:  # said once per cause
+                self._connect_failures[subscription] = failure
+                logger.warning(
+                    "Cannot listen on %s (%s); retrying every %g s or less until it answers.",
+                    subscription.description,
+                    failure,
+                    OUTAGE_PROBE_MAX,
+                )
+            logger.debug("Retrying to listen on %s in %.2f s.", subscription.description, delay)
             return
+        self._connect_failures.pop(subscription, None)
         if subscription.connections == 1:
             logger.info(
                 "Now listening on channel %r of %s for %s.",

@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError
 from .awake import Awake
 from .bus import SignalBus
 from .connections import OwnedConnections
-from .errors import OutageError, failure_details, one_line
+from .errors import FailureDescriber, OutageError, one_line
 from .flush import FlushResult
 from .model import SignalModel
 from .redaction import Redactor
@@ -57,11 +57,13 @@ class Worker:
         database_works: Callable[[Engine], None],
         awake_of: Callable[[SignalModel], Awake | None] = lambda model: None,
         idle_release: float = IDLE_RELEASE,
+        describe: Callable[[BaseException], str] | None = None,
     ) -> None:
         """*database_works* is called with the engine of every flush that worked;
         *awake_of* gives a model's wake protocol state (``None``: the worker stays
         out of it); *idle_release* is how long the worker may idle before it
-        releases its connections.
+        releases its connections; *describe* tells a send's failure for the log
+        (shared by the workers: each distinct error shows its traceback once).
         """
         self.idle_release = idle_release
         self.signalbus = signalbus
@@ -72,6 +74,7 @@ class Worker:
         self._redact = redact
         self._database_works = database_works
         self._awake_of = awake_of
+        self._describe = describe or FailureDescriber()
         self._connections: dict[Engine, OwnedConnections] = {}
         #: The models flushed since the worker last released what it holds.
         self._flushed: set[SignalModel] = set()
@@ -175,8 +178,7 @@ class Worker:
             what, resource = "the broker is unavailable", SENDING
         else:
             delay = self.queue.failed(model)
-            # A send's traceback helps, once per failure streak.
-            details = failure_details(error, with_traceback=self.queue.failures(model) == 1)
+            details = self._describe(error)
             logger.error(
                 "Sending %s signals failed; its rows are kept, retrying in %.1f s%s",
                 model.__name__,

@@ -108,13 +108,10 @@ class Publisher:
             except BaseException as exc:
                 if isinstance(exc, ConfirmTimeout) and link.blocked:
                     # Kept: only a connection that published hears when the alarm is over.
-                    logger.warning("%s", exc)
                     raise
                 self._discard(graceful=isinstance(exc, _RESPONSIVE_BROKER_ERRORS))
                 if not (attempt == 1 and reused and isinstance(exc, ConnectionFailed)):
-                    if isinstance(exc, PublishError):
-                        logger.warning("%s", exc)
-                    raise
+                    raise  # the caller says what it means to it
                 logger.info("%s; publishing again on a new connection", exc)
 
     def blocked(self) -> bool:
@@ -148,7 +145,6 @@ class Publisher:
         except PublishError as exc:
             self._discard(graceful=False)
             exc.failed = tuple(messages)
-            logger.warning("%s", exc)
             raise exc from None
         except BaseException:
             self._discard(graceful=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import psycopg
@@ -10,6 +11,7 @@ import sqlalchemy as sa
 from click.testing import Result
 from flask import Flask
 
+from signalbus.rabbitmq import ConnectionFailed
 from tests.models import BatchSignal, SingleSignal, db, recorder
 
 
@@ -103,6 +105,23 @@ def test_one_failing_signal_does_not_stop_the_others(
     assert result.exit_code == 1
     assert pending(app, SingleSignal) == 0
     assert pending(app, BatchSignal) == 150
+
+
+def test_an_outage_ends_flushmany_on_one_line_without_traceback(
+    app: Flask, invoke, caplog: pytest.LogCaptureFixture
+) -> None:
+    fill(app, single=2, batch=3)
+    recorder.error = ConnectionFailed("cannot connect to RabbitMQ at amqp://x: refused")
+    result = invoke("flushmany")
+    assert result.exit_code == 1
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert [record.getMessage() for record in errors] == [
+        "Sending stopped at BatchSignal signals, ConnectionFailed: cannot connect to"
+        " RabbitMQ at amqp://x: refused; every row is kept."
+    ]
+    assert not any(record.exc_info for record in caplog.records)
+    assert "Traceback" not in result.output + caplog.text
+    assert (pending(app, SingleSignal), pending(app, BatchSignal)) == (2, 3)
 
 
 def test_bad_burst_count_is_reported_without_traceback(

@@ -6,7 +6,7 @@ import pytest
 
 from signalbus import ConfigurationError, NotASignalModelError, SignalBusError
 from signalbus.config import listener_settings, publisher_settings
-from signalbus.errors import MissingSettingError
+from signalbus.errors import FailureDescriber, MissingSettingError
 
 
 @pytest.mark.parametrize(
@@ -52,3 +52,19 @@ def test_the_publisher_errors_that_mean_an_outage() -> None:
     for error in (*outages, rabbitmq.MessageNacked, rabbitmq.MessageReturned):
         assert issubclass(error, rabbitmq.PublishError)
         assert issubclass(error, OutageError) == (error in outages)
+
+
+def test_each_distinct_failure_shows_its_traceback_once() -> None:
+    describe = FailureDescriber()
+
+    def raised(error: Exception) -> Exception:
+        try:
+            raise error
+        except Exception as caught:
+            return caught
+
+    first = describe(raised(ValueError("bad row 1")))
+    assert first.startswith(":\nTraceback") and "ValueError: bad row 1" in first
+    assert describe(raised(ValueError("bad row 1"))) == ": ValueError: bad row 1"
+    assert describe(raised(ValueError("bad row 2"))).startswith(":\nTraceback")
+    assert describe(raised(KeyError("bad row 1"))).startswith(":\nTraceback")
