@@ -74,9 +74,20 @@ class ModelFlusher:
         stays awake, flushing until a burst finds none, and keeps the
         protocol's promise before it returns.
         """
+        try:
+            return self._bursts(connections, stop or _never, yield_to_others or _never, awake)
+        finally:
+            if awake is not None:
+                _let_go(awake, connections)
+
+    def _bursts(
+        self,
+        connections: BurstConnections,
+        should_stop: Callable[[], bool],
+        should_yield: Callable[[], bool],
+        awake: Awake | None,
+    ) -> FlushResult:
         burst_count = get_burst_count(self.model)
-        should_stop = stop or _never
-        should_yield = yield_to_others or _never
         pipelined = burst_count >= PIPELINE_MIN_BURST
         sent, current = 0, 0
         tried_waking = False
@@ -119,16 +130,9 @@ class ModelFlusher:
                 if should_yield():
                     break
             return FlushResult(sent, drained=False)
-        except BaseException:
-            if awake is not None:
-                with contextlib.suppress(Exception):  # a broken connection releases it
-                    awake.fall_asleep()
-            raise
         finally:
             if upcoming is not None:
                 _roll_back_when_done(upcoming)
-            if awake is not None:
-                awake.fall_asleep()  # ending early: the next flush keeps the promise
 
     @retry_on_deadlock()
     def _fetch(self, connections: BurstConnections, index: int, burst_count: int) -> Burst:
@@ -155,6 +159,18 @@ def _fall_asleep(awake: Awake, connections: BurstConnections, index: int) -> flo
     if awake.skipped_writers_done(connections.get(index), connections.on_driver):
         return None
     return awake.recheck_delay()
+
+
+def _let_go(awake: Awake, connections: BurstConnections) -> None:
+    """Give the ``awake`` lock back as a flush ends; the next flush keeps the promise.
+
+    Should giving it back fail, the connections close: the lock goes with its
+    session, and a lock left behind would keep writers from notifying.
+    """
+    try:
+        awake.fall_asleep()
+    except Exception:
+        connections.close()
 
 
 def _never() -> bool:

@@ -163,8 +163,6 @@ class FlushQueue(Generic[M]):
             idle_at = None if idle_after is None else self._clock() + idle_after
             while not self._closed:
                 now = self._clock()
-                if idle_at is not None and now >= idle_at:
-                    return IDLE
                 self._enqueue_retries(now)
                 sweep = self._sweep
                 if not sweep.running and (sweep.requested or now >= sweep.due_at):
@@ -177,6 +175,8 @@ class FlushQueue(Generic[M]):
                     state.queued, state.running = False, True
                     self._pass_on()
                     return model
+                if idle_at is not None and now >= idle_at:  # only with nothing due: no lost wake-up
+                    return IDLE
                 timeout = self._timeout(now)
                 if idle_at is not None:
                     until_idle = idle_at - now

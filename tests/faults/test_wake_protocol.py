@@ -91,6 +91,20 @@ def keep_writing(writers: Writers, stop: threading.Event) -> threading.Thread:
     return thread
 
 
+def stalled(database: Database, written: list[int], listeners: list[ListenerProcess]) -> str:
+    """What a wave that does not arrive left behind, for the failure message."""
+    missing = sorted(set(written) - set(database.sent()))
+    locks = database.execute(
+        "SELECT pid, classid, objid, mode, granted FROM pg_locks WHERE locktype = 'advisory'"
+    )
+    output = "\n".join(listener.output[-2000:] for listener in listeners)
+    return (
+        f"the wave up to row {len(written)}: {len(missing)} rows missing, e.g. {missing[:10]};"
+        f" pending {sorted(database.pending('tick'))[:10]}; advisory locks {locks};"
+        f" the listeners said:\n{output}"
+    )
+
+
 @pytest.mark.parametrize("listeners", [1, 2])
 def test_rows_of_writers_that_skipped_are_never_left_for_the_sweep(
     spawn: Callable[..., ListenerProcess], database: Database, listeners: int
@@ -109,7 +123,9 @@ def test_rows_of_writers_that_skipped_are_never_left_for_the_sweep(
         # listeners falling asleep, the moment a row could be left behind.
         while len(written) < 20_000:
             written.extend(writers.write(200))
-            wait_until(all_delivered, timeout=30, what=f"the wave up to row {len(written)}")
+            wait_until(
+                all_delivered, timeout=30, what=lambda: stalled(database, written, processes)
+            )
     finally:
         writers.close()
     counts = collections.Counter(database.sent())

@@ -333,3 +333,24 @@ def test_a_flush_that_sent_nothing_does_not_end_a_broker_outage(
     databases.done("b", drained=True)
     databases.request("c")
     assert databases.others_waiting()  # "b" sent: the outage is over
+
+
+def test_due_work_goes_before_idleness(queue: FlushQueue[str], clock: Clock) -> None:
+    queue.request("a")
+    assert queue.take(idle_after=0.0) == "a"  # idle at once, and yet a model was due
+
+
+def test_a_later_flush_comes_when_due_and_a_request_brings_it_forward(
+    queue: FlushQueue[str], clock: Clock
+) -> None:
+    queue.request("a")
+    assert queue.take() == "a"
+    queue.done("a", drained=True)
+    queue.later("a", 0.5)
+    assert queue.failures("a") == 0
+    clock.now += 0.5
+    assert queue.take() == "a"
+    queue.done("a", drained=True)
+    queue.later("a", 5.0)
+    queue.request("a")  # not a failure's backoff: a notification does not wait for it
+    assert queue.take() == "a"
