@@ -4,11 +4,12 @@ While a listener holds a table's ``awake`` lock, the trigger function skips
 the notification (see the top of ``sql/notify_function.sql``): the listener
 promises to look at the table again before it sleeps. A flush of the
 listener takes the lock once its bursts show that rows come faster than
-notifications are worth (:data:`AWAKE_MIN_ROWS` rows in a burst), flushes on
-without waiting for notifications while rows come, and keeps the promise
-before it returns: it gives the lock back, waits until the writers that
-skipped their notification have ended (:meth:`Awake.skipped_writers_done`,
-asked again a moment later while some still run), and flushes once more.
+notifications are worth (:data:`AWAKE_MIN_ROWS` rows in a burst). While it
+owes a look (it holds the lock, or writers skipped since the last look), a
+flush goes on until a burst finds no row, and keeps the promise then: it
+gives the lock back, waits until the writers that skipped their
+notification have ended (:meth:`Awake.skipped_writers_done`, asked again a
+moment later while some still run), and flushes once more.
 
 A flush holds the lock only while it runs, on the connection of its worker
 that took it; every flush that ends gives it back, and a connection that
@@ -50,10 +51,6 @@ class Awake:
         #: Whether writers may have skipped their notification since the last final look.
         self.owes_look = False
         self._recheck = Backoff(0.001, RECHECK_MAX)
-
-    @property
-    def is_awake(self) -> bool:
-        return self._holder is not None
 
     def wake_up(self, burst: Burst, connection: Connection, on_driver: bool) -> None:
         """Take the ``awake`` lock in *burst*'s transaction on *connection*, unless held.

@@ -125,7 +125,9 @@ class ModelFlusher:
                     )
                 self._send(burst, connections.per_burst_settings)
                 sent += len(burst.rows)
-                if not (full or (awake is not None and awake.is_awake)):
+                if not (full or (awake is not None and awake.owes_look)):
+                    # Owing a look (awake now, or writers skipped since the last look),
+                    # the flush goes on to a burst that finds nothing, and keeps it then.
                     return FlushResult(sent, drained=True)
                 if should_yield():
                     break

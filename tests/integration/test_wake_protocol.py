@@ -8,14 +8,21 @@ that skipped still run (sql/skipped_writers.sql).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
 import sqlalchemy as sa
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.engine import Connection, Engine
 
+from signalbus import SignalBusMixin
+from signalbus.awake import Awake
+from signalbus.connections import OwnedConnections
 from signalbus.conninfo import libpq_conninfo
+from signalbus.flush import FlushResult
 from signalbus.triggers import install_trigger, load_sql
 
 TABLE = "wake_signal"
@@ -133,3 +140,80 @@ def test_writers_never_wait_for_the_protocols_locks(
         writer.exec_driver_sql("SET lock_timeout = '100ms'")
         insert(writer)
     assert notified(notifications, engine) == 1  # it could not register: it notified
+
+
+# --- the listener's side: signalbus.awake through the flush --------------------------------
+
+
+class ProtocolDB(SignalBusMixin, SQLAlchemy):
+    pass
+
+
+class Flushing:
+    """Flushes of a signal model of the table, as a listener's worker runs them."""
+
+    def __init__(self, flush: Callable[[], FlushResult]) -> None:
+        self.flush = flush
+        self.sent: list[int] = []
+        #: Called by the send of the next row, in the flush (with the awake lock held).
+        self.on_send: Callable[[], None] | None = None
+
+    def send(self, row_id: int) -> None:
+        hook, self.on_send = self.on_send, None
+        if hook is not None:
+            hook()
+        self.sent.append(row_id)
+
+
+@pytest.fixture
+def flushing(database_url: str, engine: Engine) -> Iterator[Flushing]:
+    db = ProtocolDB()
+    flushing: Flushing
+
+    class WakeSignal(db.Model):  # type: ignore[name-defined, misc]
+        __tablename__ = TABLE
+        signalbus_burst_count = 100
+        id = db.Column(db.BigInteger, primary_key=True)
+
+        @classmethod
+        def send_signalbus_message(cls, obj: Any) -> None:
+            flushing.send(obj.id)
+
+    app = Flask(__name__)
+    app.config["SQLALCHEMY_DATABASE_URI"] = database_url
+    db.init_app(app)
+    awake = Awake(None, TABLE)
+    with app.app_context():
+        connections = OwnedConnections(db.engine)
+        flusher = db.signalbus.flusher(WakeSignal)
+        flushing = Flushing(lambda: flusher.flush(connections, awake=awake))
+        yield flushing
+        connections.close()
+        db.engine.dispose()
+
+
+def test_a_look_owed_is_kept_even_by_a_flush_that_cannot_wake(
+    engine: Engine, flushing: Flushing, listener: Connection
+) -> None:
+    with engine.connect() as writer:
+        writer.exec_driver_sql(f"INSERT INTO {TABLE} (id) VALUES (1), (2)")
+    skipper = engine.connect().execution_options(isolation_level="READ COMMITTED")
+    skipper.begin()
+    # Two rows: the flush takes the awake lock; a writer skips its notification
+    # meanwhile and still runs when the flush falls asleep: a look is owed.
+    flushing.on_send = lambda: skipper.exec_driver_sql(f"INSERT INTO {TABLE} (id) VALUES (3)")
+    assert flushing.flush().recheck_after is not None
+    assert flushing.sent == [1, 2]
+    with engine.connect() as writer:
+        writer.exec_driver_sql(f"INSERT INTO {TABLE} (id) VALUES (4), (5)")
+    # Two rows again, but the lock cannot be taken (a writer holds it shared for an
+    # instant): the flush must still end on a look, not on its last burst.
+    awake_key = f"(1935832435::bigint << 32) | '{TABLE}'::regclass::oid::bigint"
+    listener.exec_driver_sql(f"SELECT pg_advisory_lock_shared({awake_key})")
+    assert flushing.flush().recheck_after is not None
+    listener.exec_driver_sql(f"SELECT pg_advisory_unlock_shared({awake_key})")
+    assert flushing.sent == [1, 2, 4, 5]
+    skipper.commit()  # the row of the writer that skipped: found by the look
+    skipper.close()
+    assert flushing.flush().recheck_after is None
+    assert flushing.sent == [1, 2, 4, 5, 3]
