@@ -3,8 +3,8 @@
 While a listener holds a table's ``awake`` lock, the trigger function skips
 the notification (see the top of ``sql/notify_function.sql``): the listener
 promises to look at the table again before it sleeps. A flush of the
-listener takes the lock once its bursts show that rows come faster than
-notifications are worth (:data:`AWAKE_MIN_ROWS` rows in a burst). While it
+listener takes the lock, after sending the burst, once its bursts show that
+rows come faster than notifications are worth (:data:`AWAKE_MIN_ROWS` rows). While it
 owes a look (it holds the lock, or writers skipped since the last look), a
 flush goes on until a burst finds no row, and keeps the promise then: it
 gives the lock back, waits until the writers that skipped their
@@ -22,15 +22,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .backoff import Backoff
-from .burst import Burst, run_scalar
+from .burst import run_scalar
 from .triggers import load_sql
 
 __all__ = ["AWAKE_MIN_ROWS", "RECHECK_MAX", "Awake"]
 
-#: Rows a burst must bring for its flush to take the ``awake`` lock: one row at a
-#: time, notifications cost writers little, and taking and giving back the lock
-#: would cost the listener more.
-AWAKE_MIN_ROWS = 2
+#: Rows a burst must bring for its flush to take the ``awake`` lock (after sending
+#: them): a few rows at a time, notifications cost writers little, and taking and
+#: giving back the lock would cost the listener more, and its rows latency.
+AWAKE_MIN_ROWS = 4
 
 #: Seconds at most between two looks at writers that skipped and still run.
 RECHECK_MAX = 1.0
@@ -52,13 +52,13 @@ class Awake:
         self.owes_look = False
         self._recheck = Backoff(0.001, RECHECK_MAX)
 
-    def wake_up(self, burst: Burst, connection: Connection, on_driver: bool) -> None:
-        """Take the ``awake`` lock in *burst*'s transaction on *connection*, unless held.
+    def wake_up(self, connection: Connection, on_driver: bool) -> None:
+        """Take the ``awake`` lock on *connection* (between two bursts), unless held.
 
-        A session lock: committing or rolling back the burst keeps it. Another
-        listener holding it is awake already; this flush then just flushes.
+        A session lock: it outlives the transactions of the bursts to come.
+        Another listener holding it is awake already; this flush then just flushes.
         """
-        if self._holder is None and burst.scalar(_WAKE_UP, self._parameters):
+        if self._holder is None and run_scalar(connection, on_driver, _WAKE_UP, self._parameters):
             self._holder = (connection, on_driver)
             self.owes_look = True
 

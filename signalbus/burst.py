@@ -85,10 +85,6 @@ class Burst(abc.ABC):
     def rollback(self) -> None:
         """Roll back: the rows are back in their table."""
 
-    @abc.abstractmethod
-    def scalar(self, statement: sa.TextClause, parameters: dict[str, Any]) -> Any:
-        """Run *statement* in the burst's transaction; return its first value."""
-
 
 class _CoreBurst(Burst):
     """A burst whose transaction is SQLAlchemy's."""
@@ -105,9 +101,6 @@ class _CoreBurst(Burst):
 
     def rollback(self) -> None:
         self._transaction.rollback()
-
-    def scalar(self, statement: sa.TextClause, parameters: dict[str, Any]) -> Any:
-        return self._connection.execute(statement, parameters).scalar()
 
 
 class _DriverBurst(Burst):
@@ -127,9 +120,6 @@ class _DriverBurst(Burst):
     def rollback(self) -> None:
         with _as_dbapi_error(self._connection, "ROLLBACK"):
             _driver_of(self._connection).rollback()
-
-    def scalar(self, statement: sa.TextClause, parameters: dict[str, Any]) -> Any:
-        return _driver_scalar(self._connection, statement, parameters)
 
 
 @dataclass(frozen=True)

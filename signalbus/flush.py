@@ -110,10 +110,7 @@ class ModelFlusher:
                     if recheck_after is not None:
                         return FlushResult(sent, drained=True, recheck_after=recheck_after)
                     continue  # the last look, starting after the writers that skipped ended
-                full = len(burst.rows) == burst_count
-                if awake is not None and not tried_waking and len(burst.rows) >= AWAKE_MIN_ROWS:
-                    tried_waking = True  # once: another listener may hold the lock
-                    awake.wake_up(burst, connections.get(current), connections.on_driver)
+                full, index = len(burst.rows) == burst_count, current
                 if (
                     pipelined
                     and full
@@ -125,6 +122,9 @@ class ModelFlusher:
                     )
                 self._send(burst, connections.per_burst_settings)
                 sent += len(burst.rows)
+                if awake is not None and not tried_waking and len(burst.rows) >= AWAKE_MIN_ROWS:
+                    tried_waking = True  # once: another listener may hold the lock
+                    awake.wake_up(connections.get(index), connections.on_driver)
                 if not (full or (awake is not None and awake.owes_look)):
                     # Owing a look (awake now, or writers skipped since the last look),
                     # the flush goes on to a burst that finds nothing, and keeps it then.

@@ -155,13 +155,11 @@ class Flushing:
     def __init__(self, flush: Callable[[], FlushResult]) -> None:
         self.flush = flush
         self.sent: list[int] = []
-        #: Called by the send of the next row, in the flush (with the awake lock held).
-        self.on_send: Callable[[], None] | None = None
+        #: What to do when sending a row, by its id (in the flush, as it runs).
+        self.on_send: dict[int, Callable[[], object]] = {}
 
     def send(self, row_id: int) -> None:
-        hook, self.on_send = self.on_send, None
-        if hook is not None:
-            hook()
+        self.on_send.pop(row_id, lambda: None)()
         self.sent.append(row_id)
 
 
@@ -195,25 +193,29 @@ def flushing(database_url: str, engine: Engine) -> Iterator[Flushing]:
 def test_a_look_owed_is_kept_even_by_a_flush_that_cannot_wake(
     engine: Engine, flushing: Flushing, listener: Connection
 ) -> None:
-    with engine.connect() as writer:
-        writer.exec_driver_sql(f"INSERT INTO {TABLE} (id) VALUES (1), (2)")
+    def commit_rows(*ids: int) -> None:
+        with engine.connect() as writer:
+            writer.exec_driver_sql(f"INSERT INTO {TABLE} (id) SELECT unnest(ARRAY{list(ids)})")
+
+    commit_rows(1, 2, 3, 4)
     skipper = engine.connect().execution_options(isolation_level="READ COMMITTED")
     skipper.begin()
-    # Two rows: the flush takes the awake lock; a writer skips its notification
-    # meanwhile and still runs when the flush falls asleep: a look is owed.
-    flushing.on_send = lambda: skipper.exec_driver_sql(f"INSERT INTO {TABLE} (id) VALUES (3)")
+    # Four rows: once they are sent the flush takes the awake lock and goes on; row 5
+    # comes meanwhile, and while it is sent a writer skips its notification, and
+    # still runs when the flush falls asleep: a look is owed.
+    flushing.on_send[1] = lambda: commit_rows(5)
+    flushing.on_send[5] = lambda: skipper.exec_driver_sql(f"INSERT INTO {TABLE} VALUES (6)")
     assert flushing.flush().recheck_after is not None
-    assert flushing.sent == [1, 2]
-    with engine.connect() as writer:
-        writer.exec_driver_sql(f"INSERT INTO {TABLE} (id) VALUES (4), (5)")
-    # Two rows again, but the lock cannot be taken (a writer holds it shared for an
+    assert flushing.sent == [1, 2, 3, 4, 5]
+    # Four rows again, but the lock cannot be taken (a writer holds it shared for an
     # instant): the flush must still end on a look, not on its last burst.
+    commit_rows(7, 8, 9, 10)
     awake_key = f"(1935832435::bigint << 32) | '{TABLE}'::regclass::oid::bigint"
     listener.exec_driver_sql(f"SELECT pg_advisory_lock_shared({awake_key})")
     assert flushing.flush().recheck_after is not None
     listener.exec_driver_sql(f"SELECT pg_advisory_unlock_shared({awake_key})")
-    assert flushing.sent == [1, 2, 4, 5]
+    assert flushing.sent == [1, 2, 3, 4, 5, 7, 8, 9, 10]
     skipper.commit()  # the row of the writer that skipped: found by the look
     skipper.close()
     assert flushing.flush().recheck_after is None
-    assert flushing.sent == [1, 2, 4, 5, 3]
+    assert flushing.sent == [1, 2, 3, 4, 5, 7, 8, 9, 10, 6]
