@@ -13,9 +13,17 @@ from flask.cli import ScriptInfo, with_appcontext
 from sqlalchemy.exc import DBAPIError
 
 from .bus import SignalBus
-from .config import DEFAULT_CONFIG, MAX_WORKERS, SWEEP_INTERVAL, WORKERS, channel_setting
+from .config import (
+    DEFAULT_CONFIG,
+    MAX_WORKERS,
+    SWEEP_INTERVAL,
+    WORKERS,
+    channel_setting,
+    effective_settings,
+)
 from .errors import ConfigurationError, OutageError, failure_details, one_line
 from .model import SignalModel, get_burst_count
+from .redaction import Redactor
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +173,22 @@ def pending_command() -> None:
         total += count
         click.echo(f"{model.__name__}: {count}")
     click.echo(f"Total pending: {total}")
+
+
+@signalbus_cli.command("config")
+@with_appcontext
+def config_command() -> None:
+    """Show every SIGNALBUS_* setting: its value and where it came from, passwords masked."""
+    settings = effective_settings(current_app.config)
+    redact = Redactor.for_urls(*(value for _, value, _ in settings if _is_url(value)))
+    database_passwords = get_signalbus().redactor()
+    for key, value, source in settings:
+        shown = database_passwords(redact(repr(value)))
+        click.echo(f"{key} = {shown}  ({source})")
+
+
+def _is_url(value: object) -> bool:
+    return isinstance(value, str) and "://" in value
 
 
 @signalbus_cli.command("listen")

@@ -38,6 +38,7 @@ __all__ = [
     "check_flag",
     "check_seconds",
     "check_workers",
+    "effective_settings",
     "listener_settings",
     "publisher_settings",
 ]
@@ -191,6 +192,31 @@ def check_workers(name: str, value: Any) -> int:
             f"{name} must be a whole number from 1 to {MAX_WORKERS}, not {value!r}"
         )
     return workers
+
+
+#: The prefix of every key of signalbus (an app may use it for keys of its own).
+PREFIX = "SIGNALBUS_"
+
+
+def effective_settings(config: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
+    """Return ``(key, value, source)`` for every ``SIGNALBUS_*`` key of *config* and default.
+
+    *source* is ``"default"`` for a signalbus key at its default value,
+    ``"app config"`` for one set otherwise, and ``"app config, not a signalbus
+    setting"`` for another key with the prefix. Values are as given, secrets
+    included: mask them before showing them.
+    """
+    settings = []
+    for key in sorted({*DEFAULT_CONFIG, *(key for key in config if key.startswith(PREFIX))}):
+        value = config.get(key)
+        if key not in DEFAULT_CONFIG:
+            source = "app config, not a signalbus setting"
+        elif value is None or value == DEFAULT_CONFIG[key]:
+            value, source = DEFAULT_CONFIG[key], "default"
+        else:
+            source = "app config"
+        settings.append((key, value, source))
+    return settings
 
 
 _TRUE = ("1", "true", "yes", "on")

@@ -227,3 +227,18 @@ def test_listen_rejects_bad_configuration(
     assert result.output.startswith("Error: Bad configuration: ")
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_config_shows_every_setting_with_its_source_and_no_password(app: Flask, invoke) -> None:
+    app.config["SIGNALBUS_RABBITMQ_URL"] = "amqp://user:pa55word@broker:5672/%2F"
+    app.config["SIGNALBUS_WORKERS"] = 8
+    app.config["SIGNALBUS_EXCHANGE"] = "orders"
+    result = invoke("config")
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert "SIGNALBUS_CHANNEL = 'signalbus'  (default)" in lines
+    assert "SIGNALBUS_WORKERS = 8  (app config)" in lines
+    assert "SIGNALBUS_RABBITMQ_URL = 'amqp://user:***@broker:5672/%2F'  (app config)" in lines
+    assert "SIGNALBUS_EXCHANGE = 'orders'  (app config, not a signalbus setting)" in lines
+    assert "pa55word" not in result.output
+    assert len(lines) == 8  # the 7 settings of signalbus, and the app's own key
