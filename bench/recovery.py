@@ -87,6 +87,7 @@ import pika
 import pika.exceptions
 import psycopg
 
+from bench import polling
 from bench.database import SERVER_URL_VARIABLE, bench_database, private_server
 from bench.e2e_latency import INSERT, Sidecar, create_schema
 from bench.stats import median_stats
@@ -108,12 +109,7 @@ START_TIMEOUT = 120.0
 
 def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
     """Poll *condition* every :data:`POLL` s; say whether it held within *timeout* s."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(POLL)
-    return True
+    return polling.wait_until(condition, timeout, POLL)
 
 
 def wait_until_up(answers: Callable[[], bool], starting: Callable[[], bool]) -> float:

@@ -100,6 +100,7 @@ import pika
 import psycopg
 import sqlalchemy as sa
 
+from bench import polling
 from bench.database import bench_database
 from bench.e2e_latency import Sidecar, create_schema
 from bench.rabbitmq import DEFAULT_URL
@@ -225,12 +226,7 @@ class Consumer:
 
 def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
     """Poll *condition* every :data:`POLL` s; say whether it held within *timeout* s."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(POLL)
-    return True
+    return polling.wait_until(condition, timeout, POLL)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from bench.wake import CLASSIC_FUNCTION
+
 
 def function_exists(engine: Engine) -> bool:
     """Whether the ``signalbus_notify()`` trigger function exists."""
@@ -13,25 +15,8 @@ def function_exists(engine: Engine) -> bool:
         return connection.execute(query).scalar_one()
 
 
-#: The function as signalbus installed it before the wake protocol: it always notifies.
-CLASSIC_FUNCTION = """
-CREATE OR REPLACE FUNCTION signalbus_notify() RETURNS trigger
-LANGUAGE plpgsql AS $function$
-BEGIN
-    PERFORM pg_notify(
-        TG_ARGV[0],
-        CASE
-            WHEN TG_TABLE_SCHEMA = 'public' THEN TG_TABLE_NAME
-            ELSE TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME
-        END
-    );
-    RETURN NULL;
-END;
-$function$
-"""
-
-
 def install_classic_function(engine: Engine) -> None:
-    """Replace the trigger function with the one an older signalbus installed."""
+    """Replace the trigger function with the one an older signalbus installed
+    (:data:`bench.wake.CLASSIC_FUNCTION`, also the benchmarks' baseline)."""
     with engine.begin() as connection:
         connection.exec_driver_sql(CLASSIC_FUNCTION)

@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import pytest
 
+from bench.wake import CLASSIC_FUNCTION
 from tests.listener_processes import Database, ListenerProcess
-from tests.trigger_checks import CLASSIC_FUNCTION
 from tests.waiting import wait_until
 
 #: The advisory-lock namespace of a table's ``awake`` lock (sql/notify_function.sql).
