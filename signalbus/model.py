@@ -3,9 +3,11 @@
 A *signal model* is a mapped class of ``db.Model`` with a
 ``send_signalbus_message(cls, obj)`` class method; it may also have
 ``send_signalbus_messages(cls, objs)`` for bursts, a positive
-``signalbus_burst_count`` (default 1), and ``signalbus_blocked(cls)``, true
+``signalbus_burst_count`` (default 1), ``signalbus_blocked(cls)``, true
 while the broker blocks publishing (no burst is started then: see
-:class:`BrokerBlocked`). :class:`SignalModel` types the class itself:
+:class:`BrokerBlocked`), and ``signalbus_timestamp_column``, the name of a
+``DateTime`` column holding when the row was recorded (for the backlog's age
+and the delivery time the listener measures). :class:`SignalModel` types the class itself:
 signalbus passes classes around, never instances.
 """
 
@@ -23,6 +25,7 @@ __all__ = [
     "SignalModel",
     "check_not_blocked",
     "get_burst_count",
+    "get_timestamp_column",
     "is_blocked",
     "is_signal_model",
     "lacks_single_send",
@@ -76,6 +79,25 @@ def get_burst_count(model: SignalModel) -> int:
             f"not {burst_count!r}"
         )
     return burst_count
+
+
+def get_timestamp_column(model: SignalModel) -> sa.Column[Any] | None:
+    """Return the column named by the model's ``signalbus_timestamp_column``, if it has one.
+
+    Raises :class:`ConfigurationError` unless it names a ``DateTime`` column of the table.
+    """
+    name = getattr(model, "signalbus_timestamp_column", None)
+    if name is None:
+        return None
+    table = signal_table(model)
+    column = table.columns.get(name) if isinstance(name, str) else None
+    if column is None or not isinstance(column.type, sa.DateTime):
+        columns = ", ".join(c.name for c in table.columns if isinstance(c.type, sa.DateTime))
+        raise ConfigurationError(
+            f"{model.__name__}.signalbus_timestamp_column must name a DateTime column of"
+            f" {table.name} ({columns or 'it has none'}), not {name!r}"
+        )
+    return column
 
 
 def send_rows(model: SignalModel, rows: Sequence[Any]) -> None:

@@ -65,12 +65,16 @@ class SingleSignal(db.Model):
 
 
 class BatchSignal(db.Model):
-    """Sent in batches of up to 100."""
+    """Sent in batches of up to 100; its rows say when they were recorded."""
 
     signalbus_burst_count: ClassVar[int] = 100
+    signalbus_timestamp_column: ClassVar[str] = "inserted_at"
 
     id = db.Column(db.BigInteger, primary_key=True)
     payload = db.Column(db.Text, nullable=False)
+    inserted_at = db.Column(
+        db.DateTime(timezone=True), nullable=False, server_default=db.func.clock_timestamp()
+    )
 
     @classmethod
     def send_signalbus_message(cls, obj: Any) -> None:

@@ -1,0 +1,102 @@
+"""How far behind the signals are: pending rows and the age of the oldest, measured.
+
+One statement per database measures every model of it. Counting a table is
+bounded: at most :data:`PENDING_COUNT_LIMIT` rows are counted (an index scan
+cut short by ``LIMIT``), so a backlog of millions costs what 100,000 rows
+cost, and reads as "at least" that many. The oldest row is the one with the
+lowest primary key, the row sent next; its age is read from the model's
+``signalbus_timestamp_column`` against the database's clock, so clock skew
+between the app's hosts does not enter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from .model import SignalModel, get_timestamp_column, signal_table
+
+if TYPE_CHECKING:
+    from .bus import SignalBus
+
+__all__ = ["PENDING_COUNT_LIMIT", "Backlog", "measure_backlogs"]
+
+#: The most rows counted per table: a bigger backlog is reported as this many, capped.
+PENDING_COUNT_LIMIT = 100_000
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """The rows of one signal model waiting to be sent, as measured at one moment."""
+
+    #: Rows counted, at most :data:`PENDING_COUNT_LIMIT`.
+    pending: int
+    #: Seconds since the oldest row was recorded, when the model has a timestamp
+    #: column and rows; else ``None``.
+    oldest_age: float | None
+
+    @property
+    def capped(self) -> bool:
+        """Whether there were more rows than counted."""
+        return self.pending >= PENDING_COUNT_LIMIT
+
+    def describe_pending(self) -> str:
+        """The count as a person reads it: ``"100000+"`` when capped."""
+        return f"{self.pending}+" if self.capped else str(self.pending)
+
+
+def measure_backlogs(
+    signalbus: SignalBus,
+    models: Iterable[SignalModel],
+    connection_to: Callable[[Engine], Connection] | None = None,
+) -> dict[SignalModel, Backlog]:
+    """Measure the backlog of each of *models*: one read-only statement per database.
+
+    *connection_to*, when given, provides the connection to each database;
+    otherwise one is taken from the engine's pool (needs an app context).
+    Raises :class:`~signalbus.errors.ConfigurationError` for a model whose
+    ``signalbus_timestamp_column`` is not a ``DateTime`` column.
+    """
+    backlogs: dict[SignalModel, Backlog] = {}
+    for engine, group in signalbus.models_by_engine(models).items():
+        statement = _backlog_statement(group)
+        with contextlib.ExitStack() as stack:
+            if connection_to is None:
+                connection = stack.enter_context(engine.connect())
+            else:
+                connection = connection_to(engine)
+            with connection.begin():
+                for index, pending, oldest_age in connection.execute(statement):
+                    backlogs[group[index]] = Backlog(pending, oldest_age)
+    return backlogs
+
+
+def _backlog_statement(models: list[SignalModel]) -> sa.CompoundSelect[Any]:
+    """``SELECT index, bounded count, age of the first row`` for each model, in one UNION."""
+    return sa.union_all(
+        *(
+            sa.select(sa.literal(index), _bounded_count(model), _oldest_age(model))
+            for index, model in enumerate(models)
+        )
+    )
+
+
+def _bounded_count(model: SignalModel) -> sa.ScalarSelect[Any]:
+    rows = sa.select(sa.literal(1)).select_from(signal_table(model)).limit(PENDING_COUNT_LIMIT)
+    return sa.select(sa.func.count()).select_from(rows.subquery()).scalar_subquery()
+
+
+def _oldest_age(model: SignalModel) -> sa.ColumnElement[Any]:
+    column = get_timestamp_column(model)
+    if column is None:
+        return sa.cast(sa.null(), sa.Float)
+    table = signal_table(model)
+    first = sa.select(column).order_by(*table.primary_key.columns).limit(1).scalar_subquery()
+    # clock_timestamp(), not now(): the statement's own transaction may be old.
+    age = sa.extract("epoch", sa.func.clock_timestamp() - first)
+    return sa.cast(age, sa.Float)
