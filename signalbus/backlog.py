@@ -7,12 +7,15 @@ cost, and reads as "at least" that many. The oldest row is the one with the
 lowest primary key, the row sent next; its age is read from the model's
 ``signalbus_timestamp_column`` against the database's clock, so clock skew
 between the app's hosts does not enter.
+
+:func:`signal_statuses` adds each model's trigger (see :mod:`signalbus.triggers`)
+and leaves the backlog of a missing table unmeasured: ``flask signalbus status``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,11 +23,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from .model import SignalModel, get_timestamp_column, signal_table
+from .triggers import TriggerStatus, check_signal_triggers
 
 if TYPE_CHECKING:
     from .bus import SignalBus
 
-__all__ = ["PENDING_COUNT_LIMIT", "Backlog", "measure_backlogs"]
+__all__ = ["PENDING_COUNT_LIMIT", "Backlog", "SignalStatus", "measure_backlogs", "signal_statuses"]
 
 #: The most rows counted per table: a bigger backlog is reported as this many, capped.
 PENDING_COUNT_LIMIT = 100_000
@@ -74,6 +78,43 @@ def measure_backlogs(
                 for index, pending, oldest_age in connection.execute(statement):
                     backlogs[group[index]] = Backlog(pending, oldest_age)
     return backlogs
+
+
+@dataclass(frozen=True)
+class SignalStatus:
+    """One signal model's backlog and notification trigger."""
+
+    trigger: TriggerStatus
+    #: ``None`` when the model's table is missing.
+    backlog: Backlog | None
+
+    @property
+    def model(self) -> SignalModel:
+        """The signal model."""
+        return self.trigger.model
+
+
+def signal_statuses(
+    signalbus: SignalBus, models: Sequence[SignalModel], channel: str
+) -> list[SignalStatus]:
+    """Return the backlog and the trigger of each of *models*, in their order.
+
+    The triggers are checked against *channel* first: the backlog of a model
+    whose table is missing is not measured. Raises
+    :class:`~signalbus.errors.ConfigurationError` for a bad *channel* or a bad
+    ``signalbus_timestamp_column`` (of any of *models*, its table missing or not).
+    """
+    for model in models:
+        get_timestamp_column(model)
+    wanted = set(models)
+    tables = {
+        name: model for name, model in signalbus.get_signal_tables().items() if model in wanted
+    }
+    triggers = {
+        status.model: status for status in check_signal_triggers(signalbus.db, tables, channel)
+    }
+    backlogs = measure_backlogs(signalbus, [m for m in models if triggers[m].table_exists])
+    return [SignalStatus(triggers[model], backlogs.get(model)) for model in models]
 
 
 def _backlog_statement(models: list[SignalModel]) -> sa.CompoundSelect[Any]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import click
 from flask import current_app
@@ -24,6 +26,9 @@ from .config import (
 from .errors import ConfigurationError, OutageError, failure_details, one_line
 from .model import SignalModel, get_burst_count
 from .redaction import Redactor
+
+if TYPE_CHECKING:
+    from .backlog import SignalStatus
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +92,15 @@ def resolve_signal_models(names: Sequence[str]) -> list[SignalModel]:
         known = ", ".join(by_name) or "(none)"
         raise click.UsageError(f"Unknown signal {', '.join(unknown)}. Known signals: {known}.")
     return [by_name[name] for name in dict.fromkeys(names)]
+
+
+@contextmanager
+def reporting_bad_configuration() -> Iterator[None]:
+    """Report a :class:`ConfigurationError` as a one-line error (exit status 1)."""
+    try:
+        yield
+    except ConfigurationError as error:
+        raise click.ClickException(f"Bad configuration: {error}") from None
 
 
 def check_burst_counts(models: Sequence[SignalModel]) -> None:
@@ -222,7 +236,7 @@ def listen_command(
     if not models:
         raise click.ClickException("There are no signals to listen for.")
     check_burst_counts(models)
-    try:
+    with reporting_bad_configuration():
         listener = listener_from_config(
             get_signalbus(),
             current_app.config,
@@ -230,8 +244,6 @@ def listen_command(
             sweep_interval=sweep_interval,
             workers=workers,
         )
-    except ConfigurationError as error:
-        raise click.ClickException(f"Bad configuration: {error}") from None
     try:
         listener.run()
     except StartupError as error:
@@ -251,14 +263,79 @@ def triggers_command(install: bool) -> None:
     from .triggers import check_signal_triggers
 
     signalbus = get_signalbus()
-    try:
+    with reporting_bad_configuration():
         channel = channel_setting(current_app.config)
         statuses = check_signal_triggers(
             signalbus.db, signalbus.get_signal_tables(), channel, install=install
         )
-    except ConfigurationError as error:
-        raise click.ClickException(f"Bad configuration: {error}") from None
     for status in statuses:
         click.echo(f"{status.table} ({status.model.__name__}): {status.describe()}")
     if not all(status.ok for status in statuses):
         raise SystemExit(1)
+
+
+@signalbus_cli.command("status")
+@click.argument("signal_names", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead.")
+@with_appcontext
+def status_command(signal_names: tuple[str, ...], as_json: bool) -> None:
+    """Show the backlog and the trigger of SIGNAL_NAMES (all signals if none are given).
+
+    One line per signal: its pending rows (counted up to 100,000: "100000+"),
+    the age of its oldest row ("-" without a signalbus_timestamp_column, rows,
+    or table), and its trigger, in the words of `flask signalbus triggers`;
+    then the total. A missing table's pending rows are "-".
+
+    --json prints {"signals": [...]} instead, an object per signal: "name",
+    "table", "table_exists", "pending" (null when the table is missing),
+    "pending_capped" (null likewise), "oldest_age_seconds" (null when unknown),
+    "trigger" (what `flask signalbus triggers` says) and "trigger_ok".
+
+    Exits with status 1 unless every trigger is installed (as for `triggers`).
+    """
+    from .backlog import signal_statuses
+
+    models = resolve_signal_models(signal_names)
+    with reporting_bad_configuration():
+        channel = channel_setting(current_app.config)
+        statuses = signal_statuses(get_signalbus(), models, channel)
+    if as_json:
+        click.echo(json.dumps({"signals": [_status_json(s) for s in statuses]}, indent=2))
+    else:
+        for status in statuses:
+            click.echo(_status_line(status))
+        click.echo(_total_line(statuses))
+    if not all(status.trigger.ok for status in statuses):
+        raise SystemExit(1)
+
+
+def _status_line(status: SignalStatus) -> str:
+    backlog = status.backlog
+    pending = "-" if backlog is None else backlog.describe_pending()
+    age = "-" if backlog is None or backlog.oldest_age is None else f"{backlog.oldest_age:.1f} s"
+    trigger = status.trigger.describe_trigger()
+    return f"{status.model.__name__}: {pending} pending, oldest {age}, {trigger}"
+
+
+def _total_line(statuses: Sequence[SignalStatus]) -> str:
+    backlogs = [status.backlog for status in statuses if status.backlog is not None]
+    total = sum(backlog.pending for backlog in backlogs)
+    capped = "+" if any(backlog.capped for backlog in backlogs) else ""
+    missing = len(statuses) - len(backlogs)
+    uncounted = f" (not counting {missing} missing table{'s' * (missing > 1)})" if missing else ""
+    return f"Total pending: {total}{capped}{uncounted}"
+
+
+def _status_json(status: SignalStatus) -> dict[str, Any]:
+    backlog = status.backlog
+    age = None if backlog is None else backlog.oldest_age
+    return {
+        "name": status.model.__name__,
+        "table": status.trigger.table,
+        "table_exists": status.trigger.table_exists,
+        "pending": None if backlog is None else backlog.pending,
+        "pending_capped": None if backlog is None else backlog.capped,
+        "oldest_age_seconds": None if age is None else round(age, 3),
+        "trigger": status.trigger.describe(),
+        "trigger_ok": status.trigger.ok,
+    }

@@ -195,6 +195,16 @@ class TriggerStatus:
             return "function outdated (hint: flask db upgrade, or --install)"
         return "installed"
 
+    def describe_trigger(self) -> str:
+        """Return :meth:`describe` as a phrase naming what it is about: ``"trigger
+        installed"``, ``"trigger missing"``, ``"function outdated …"``, ``"table missing …"``."""
+        described = self.describe()
+        return described if described.startswith(_SUBJECTS) else f"trigger {described}"
+
+
+#: The words :meth:`TriggerStatus.describe` starts with when it names its subject.
+_SUBJECTS = ("trigger ", "function ", "table ")
+
 
 def check_signal_triggers(
     db: SQLAlchemy, models: Mapping[str, SignalModel], channel: str, *, install: bool = False

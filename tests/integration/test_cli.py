@@ -1,8 +1,10 @@
-"""The ``flask signalbus`` commands: flushmany, signals, pending."""
+"""The ``flask signalbus`` commands: flushmany, signals, pending, config, status."""
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections.abc import Iterator
 
 import psycopg
@@ -11,8 +13,11 @@ import sqlalchemy as sa
 from click.testing import Result
 from flask import Flask
 
+from signalbus.backlog import PENDING_COUNT_LIMIT
 from signalbus.rabbitmq import ConnectionFailed
+from signalbus.triggers import drop_trigger
 from tests.models import BatchSignal, SingleSignal, db, recorder
+from tests.trigger_checks import install_classic_function
 
 
 @pytest.fixture
@@ -242,3 +247,175 @@ def test_config_shows_every_setting_with_its_source_and_no_password(app: Flask, 
     assert "SIGNALBUS_EXCHANGE = 'orders'  (app config, not a signalbus setting)" in lines
     assert "pa55word" not in result.output
     assert len(lines) == 8  # the 7 settings of signalbus, and the app's own key
+
+
+def fill_aged(app: Flask, batch_age: int = 90, single: int = 3) -> None:
+    """Two BatchSignal rows, the first by id recorded *batch_age* seconds ago (the other
+    an hour ago: not the oldest by primary key), and *single* SingleSignal rows."""
+    with app.app_context():
+        db.session.execute(
+            sa.text(
+                "INSERT INTO batch_signal (id, payload, inserted_at) VALUES"
+                " (2, 'x', now() - make_interval(secs => :age)),"
+                " (5, 'y', now() - interval '1 hour')"
+            ),
+            {"age": batch_age},
+        )
+        db.session.commit()
+    fill(app, single=single, batch=0)
+
+
+def run_sql(app: Flask, statement: str) -> None:
+    with app.app_context(), db.engine.begin() as connection:
+        connection.exec_driver_sql(statement)
+
+
+@pytest.fixture
+def installed(invoke) -> None:
+    """Every signal table has its trigger."""
+    assert invoke("triggers", "--install").exit_code == 0
+
+
+def status_json(result: Result) -> dict[str, dict[str, object]]:
+    """The signals of ``status --json``'s document, by name."""
+    document = json.loads(result.output)
+    assert list(document) == ["signals"]
+    return {signal.pop("name"): signal for signal in document["signals"]}
+
+
+@pytest.mark.usefixtures("installed")
+def test_status_shows_pending_oldest_age_and_trigger_then_the_total(app: Flask, invoke) -> None:
+    fill_aged(app)
+    result = invoke("status")
+    assert result.exit_code == 0, result.output
+    batch, composite, single, total = result.output.splitlines()
+    match = re.fullmatch(r"BatchSignal: 2 pending, oldest (\d+\.\d) s, trigger installed", batch)
+    assert match and 90 <= float(match[1]) < 150
+    assert composite == "CompositeSignal: 0 pending, oldest -, trigger installed"
+    assert single == "SingleSignal: 3 pending, oldest -, trigger installed"
+    assert total == "Total pending: 5"
+
+
+@pytest.mark.usefixtures("installed")
+def test_status_json_is_one_document_with_a_key_per_fact(app: Flask, invoke) -> None:
+    fill_aged(app)
+    result = invoke("status", "--json")
+    assert result.exit_code == 0, result.output
+    signals = status_json(result)
+    assert list(signals) == ["BatchSignal", "CompositeSignal", "SingleSignal"]
+    age = signals["BatchSignal"].pop("oldest_age_seconds")
+    assert isinstance(age, float) and 90 <= age < 150
+    table_and_trigger = {"table_exists": True, "trigger": "installed", "trigger_ok": True}
+    counts = {"pending": 2, "pending_capped": False}
+    assert signals["BatchSignal"] == {"table": "batch_signal", **counts, **table_and_trigger}
+    counts = {"pending": 3, "pending_capped": False, "oldest_age_seconds": None}
+    assert signals["SingleSignal"] == {"table": "single_signal", **counts, **table_and_trigger}
+    assert signals["CompositeSignal"]["pending"] == 0
+
+
+def test_status_shows_only_the_named_signals(app: Flask, invoke) -> None:
+    fill_aged(app)
+    result = invoke("status", "SingleSignal")
+    assert result.exit_code == 1  # no trigger installed
+    assert result.output.splitlines() == [
+        "SingleSignal: 3 pending, oldest -, trigger missing",
+        "Total pending: 3",
+    ]
+    assert list(status_json(invoke("status", "SingleSignal", "--json"))) == ["SingleSignal"]
+
+
+def test_status_counts_up_to_the_limit(app: Flask, invoke) -> None:
+    run_sql(
+        app,
+        "INSERT INTO single_signal (id, message_text)"
+        f" SELECT g, 't' FROM generate_series(1, {PENDING_COUNT_LIMIT + 5}) g",
+    )
+    fill(app, single=0, batch=2)
+    result = invoke("status")
+    assert f"SingleSignal: {PENDING_COUNT_LIMIT}+ pending, oldest -," in result.output
+    assert result.output.splitlines()[-1] == f"Total pending: {PENDING_COUNT_LIMIT + 2}+"
+    signals = status_json(invoke("status", "--json"))
+    assert signals["SingleSignal"]["pending"] == PENDING_COUNT_LIMIT
+    assert signals["SingleSignal"]["pending_capped"] is True
+
+
+@pytest.mark.usefixtures("installed")
+def test_status_exits_1_on_a_missing_trigger_and_still_prints(app: Flask, invoke) -> None:
+    fill_aged(app)
+    with app.app_context(), db.engine.begin() as connection:
+        drop_trigger(connection, "single_signal")
+    result = invoke("status")
+    assert result.exit_code == 1
+    assert "SingleSignal: 3 pending, oldest -, trigger missing" in result.output.splitlines()
+    assert "BatchSignal: 2 pending" in result.output
+    json_result = invoke("status", "--json")
+    assert json_result.exit_code == 1
+    signals = status_json(json_result)
+    assert signals["SingleSignal"]["trigger"] == "trigger missing"
+    assert signals["SingleSignal"]["trigger_ok"] is False
+    assert signals["BatchSignal"]["trigger_ok"] is True
+
+
+@pytest.mark.usefixtures("installed")
+def test_status_exits_1_on_an_outdated_function(app: Flask, invoke) -> None:
+    with app.app_context():
+        install_classic_function(db.engine)
+    result = invoke("status", "BatchSignal")
+    assert result.exit_code == 1
+    assert result.output.splitlines()[0] == (
+        "BatchSignal: 0 pending, oldest -, function outdated (hint: flask db upgrade, or --install)"
+    )
+
+
+@pytest.mark.usefixtures("installed")
+def test_status_exits_1_on_a_missing_table_and_measures_the_others(app: Flask, invoke) -> None:
+    fill_aged(app)
+    run_sql(app, "DROP TABLE composite_signal")
+    result = invoke("status")
+    assert result.exit_code == 1
+    assert result.output.splitlines()[1:] == [
+        "CompositeSignal: - pending, oldest -, table missing (hint: flask db upgrade)",
+        "SingleSignal: 3 pending, oldest -, trigger installed",
+        "Total pending: 5 (not counting 1 missing table)",
+    ]
+    json_result = invoke("status", "--json")
+    assert json_result.exit_code == 1
+    assert status_json(json_result)["CompositeSignal"] == {
+        "table": "composite_signal",
+        "table_exists": False,
+        "pending": None,
+        "pending_capped": None,
+        "oldest_age_seconds": None,
+        "trigger": "table missing (hint: flask db upgrade)",
+        "trigger_ok": False,
+    }
+
+
+@pytest.mark.parametrize("as_json", [(), ("--json",)])
+def test_status_of_an_unknown_signal_is_a_usage_error(invoke, as_json: tuple[str, ...]) -> None:
+    result = invoke("status", "BatchSignal", "NoSuchSignal", *as_json)
+    assert result.exit_code == 2
+    assert "Unknown signal NoSuchSignal" in result.output
+    assert "BatchSignal:" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (("SIGNALBUS_CHANNEL", "x" * 64), "SIGNALBUS_CHANNEL 'xxx"),
+        (("signalbus_timestamp_column", "payload"), "BatchSignal.signalbus_timestamp_column"),
+    ],
+)
+def test_status_reports_bad_configuration_on_one_line(
+    app: Flask, invoke, monkeypatch: pytest.MonkeyPatch, setting: tuple[str, str], message: str
+) -> None:
+    key, value = setting
+    run_sql(app, "DROP TABLE batch_signal")  # reported even where the table is missing
+    if key.startswith("SIGNALBUS_"):
+        app.config[key] = value
+    else:
+        monkeypatch.setattr(BatchSignal, key, value)
+    result = invoke("status", "--json")
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: Bad configuration: {message}")
+    assert len(result.output.splitlines()) == 1
