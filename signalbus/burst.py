@@ -16,6 +16,7 @@ import abc
 import contextlib
 import functools
 import operator
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -76,6 +77,8 @@ class Burst(abc.ABC):
 
     def __init__(self, rows: list[Row[Any]]) -> None:
         self.rows = rows
+        #: When its statement started (``time.monotonic()``): set by :meth:`BurstStatement.fetch`.
+        self.started = 0.0
 
     @abc.abstractmethod
     def commit(self, per_burst_settings: bool) -> None:
@@ -159,11 +162,13 @@ class BurstStatement:
         *on_driver* tells whether to run the statement on the psycopg connection
         directly (see :func:`~signalbus.connections.runs_on_driver`).
         """
+        started = time.monotonic()
         if on_driver:
             burst: Burst = self._fetch_on_driver(connection, burst_count)
         else:
             burst = self._fetch_on_core(connection, burst_count)
         burst.rows.sort(key=self._sort_key)
+        burst.started = started
         return burst
 
     def _fetch_on_core(self, connection: Connection, burst_count: int) -> Burst:

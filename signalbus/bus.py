@@ -16,7 +16,7 @@ from .config import DEFAULT_CONFIG
 from .connections import PooledConnections
 from .conninfo import connection_defaults
 from .errors import NotASignalModelError
-from .flush import ModelFlusher
+from .flush import BurstObserver, ModelFlusher
 from .model import SignalModel, is_signal_model, lacks_single_send, signal_table
 from .redaction import Redactor
 from .triggers import payload_name
@@ -88,14 +88,21 @@ class SignalBus:
         selected = self.get_signal_models() if models is None else self._check_models(models)
         return sum(self.flush_model(model) for model in selected)
 
-    def flush_model(self, model: SignalModel, *, stop: Callable[[], bool] | None = None) -> int:
+    def flush_model(
+        self,
+        model: SignalModel,
+        *,
+        stop: Callable[[], bool] | None = None,
+        observe: BurstObserver | None = None,
+    ) -> int:
         """Drain one signal model (see :meth:`flushmany`); return the rows sent.
 
         *stop*, when given, is asked before each burst; when it returns true the
-        flush ends early, between two bursts.
+        flush ends early, between two bursts. *observe*, when given, is called
+        after each burst's commit (see :data:`~signalbus.flush.BurstObserver`).
         """
         with PooledConnections(self.engine_for(model)) as connections:
-            return self.flusher(model).flush(connections, stop).sent
+            return self.flusher(model).flush(connections, stop, observe=observe).sent
 
     def flusher(self, model: SignalModel) -> ModelFlusher:
         """Return the :class:`~signalbus.flush.ModelFlusher` of *model* (made once)."""

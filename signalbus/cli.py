@@ -18,6 +18,7 @@ from .bus import SignalBus
 from .config import (
     DEFAULT_CONFIG,
     MAX_WORKERS,
+    METRICS_PORT,
     SWEEP_INTERVAL,
     WORKERS,
     channel_setting,
@@ -220,10 +221,20 @@ def _is_url(value: object) -> bool:
     help=f"Flush with N threads  [default: {WORKERS}, {DEFAULT_CONFIG[WORKERS]}].",
     metavar="N",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    help=f"Serve metrics, probes and the status page on PORT (0: any free one)  "
+    f"[default: {METRICS_PORT}, none].",
+    metavar="PORT",
+)
 @log_level_option
 @with_appcontext
 def listen_command(
-    signal_names: tuple[str, ...], sweep_interval: float | None, workers: int | None
+    signal_names: tuple[str, ...],
+    sweep_interval: float | None,
+    workers: int | None,
+    metrics_port: int | None,
 ) -> None:
     """Send the signals of SIGNAL_NAMES (all signals if none are given) as they commit.
 
@@ -243,6 +254,7 @@ def listen_command(
             models,
             sweep_interval=sweep_interval,
             workers=workers,
+            metrics_port=metrics_port,
         )
     try:
         listener.run()

@@ -26,9 +26,12 @@ __all__ = [
     "MAX_CHANNEL_BYTES",
     "MAX_SECONDS",
     "MAX_WORKERS",
+    "METRICS_HOST",
+    "METRICS_PORT",
     "PROBE_INTERVAL",
     "RABBITMQ_TIMEOUT",
     "RABBITMQ_URL",
+    "READY_FAILING_SECONDS",
     "SWEEP_INTERVAL",
     "WORKERS",
     "ListenerSettings",
@@ -36,6 +39,7 @@ __all__ = [
     "channel_setting",
     "check_channel",
     "check_flag",
+    "check_port",
     "check_seconds",
     "check_workers",
     "effective_settings",
@@ -53,6 +57,12 @@ PROBE_INTERVAL = "SIGNALBUS_PROBE_INTERVAL"
 WORKERS = "SIGNALBUS_WORKERS"
 #: Whether the listener stays out of the wake protocol: writers then always notify.
 ALWAYS_NOTIFY = "SIGNALBUS_ALWAYS_NOTIFY"
+#: The port of the listener's metrics, probes and status page (none when unset).
+METRICS_PORT = "SIGNALBUS_METRICS_PORT"
+#: The address that port is bound to.
+METRICS_HOST = "SIGNALBUS_METRICS_HOST"
+#: Seconds a model may fail before the listener's ``/readyz`` says it is not ready.
+READY_FAILING_SECONDS = "SIGNALBUS_READY_FAILING_SECONDS"
 #: The broker of :func:`signalbus.rabbitmq.publisher_from_config`.
 RABBITMQ_URL = "SIGNALBUS_RABBITMQ_URL"
 #: Seconds a publish call may take, connecting included.
@@ -66,6 +76,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     PROBE_INTERVAL: 60.0,
     WORKERS: 4,
     ALWAYS_NOTIFY: False,
+    METRICS_PORT: None,
+    METRICS_HOST: "127.0.0.1",
+    READY_FAILING_SECONDS: 60.0,
     RABBITMQ_URL: None,
     RABBITMQ_TIMEOUT: 30.0,
 }
@@ -91,6 +104,10 @@ class ListenerSettings:
     probe_interval: float
     workers: int
     always_notify: bool
+    #: ``None``: no metrics, probes or status page.
+    metrics_port: int | None
+    metrics_host: str
+    ready_failing_seconds: float
 
 
 @dataclass(frozen=True)
@@ -114,21 +131,32 @@ def listener_settings(
     *,
     sweep_interval: float | None = None,
     workers: int | None = None,
+    metrics_port: int | None = None,
 ) -> ListenerSettings:
     """Return the checked listener settings of *config*.
 
-    *sweep_interval* and *workers*, when given, override their keys.
+    *sweep_interval*, *workers* and *metrics_port*, when given, override their keys.
     """
     if sweep_interval is None:
         sweep_interval = _get(config, SWEEP_INTERVAL)
     if workers is None:
         workers = _get(config, WORKERS)
+    if metrics_port is None:
+        metrics_port = _get(config, METRICS_PORT)
+    host = _get(config, METRICS_HOST)
+    if not isinstance(host, str) or not host:
+        raise ConfigurationError(f"{METRICS_HOST} must be a host name or address, not {host!r}")
     return ListenerSettings(
         channel=channel_setting(config),
         sweep_interval=check_seconds(SWEEP_INTERVAL, sweep_interval),
         probe_interval=check_seconds(PROBE_INTERVAL, _get(config, PROBE_INTERVAL)),
         workers=check_workers(WORKERS, workers),
         always_notify=check_flag(ALWAYS_NOTIFY, _get(config, ALWAYS_NOTIFY)),
+        metrics_port=None if metrics_port is None else check_port(METRICS_PORT, metrics_port),
+        metrics_host=host,
+        ready_failing_seconds=check_seconds(
+            READY_FAILING_SECONDS, _get(config, READY_FAILING_SECONDS)
+        ),
     )
 
 
@@ -192,6 +220,20 @@ def check_workers(name: str, value: Any) -> int:
             f"{name} must be a whole number from 1 to {MAX_WORKERS}, not {value!r}"
         )
     return workers
+
+
+def check_port(name: str, value: Any) -> int:
+    """Return *value* as a TCP port, 0 (any free one) to 65535.
+
+    Integer strings are taken too; anything else raises :class:`ConfigurationError`.
+    """
+    try:
+        port = int(value) if isinstance(value, int | str) else -1
+    except ValueError:
+        port = -1
+    if isinstance(value, bool) or not 0 <= port <= 65535:
+        raise ConfigurationError(f"{name} must be a port number from 0 to 65535, not {value!r}")
+    return port
 
 
 #: The prefix of every key of signalbus (an app may use it for keys of its own).

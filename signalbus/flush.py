@@ -7,9 +7,10 @@ through :class:`ModelFlusher`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 from .atomic import retry_on_deadlock
 from .awake import AWAKE_MIN_ROWS, Awake
@@ -23,7 +24,11 @@ from .model import (
     send_rows,
 )
 
-__all__ = ["FlushResult", "ModelFlusher"]
+__all__ = ["BurstObserver", "FlushResult", "ModelFlusher"]
+
+#: Called with the model, the rows and the ``time.monotonic()`` at which the burst's
+#: statement started, once a burst was committed.
+BurstObserver = Callable[[SignalModel, Sequence[Any], float], None]
 
 #: Bursts at least this big are pipelined: the next burst is fetched while the
 #: current one is being sent. Smaller ones are not worth a second connection.
@@ -64,6 +69,7 @@ class ModelFlusher:
         stop: Callable[[], bool] | None = None,
         yield_to_others: Callable[[], bool] | None = None,
         awake: Awake | None = None,
+        observe: BurstObserver | None = None,
     ) -> FlushResult:
         """Send pending rows on *connections* until none is left; return what was done.
 
@@ -72,10 +78,12 @@ class ModelFlusher:
         With *awake* (a listener's), the flush follows the wake protocol
         (:mod:`signalbus.awake`): once its bursts bring rows in numbers, it
         stays awake, flushing until a burst finds none, and keeps the
-        protocol's promise before it returns.
+        protocol's promise before it returns. *observe* is told of each burst committed.
         """
         try:
-            return self._bursts(connections, stop or _never, yield_to_others or _never, awake)
+            return self._bursts(
+                connections, stop or _never, yield_to_others or _never, awake, observe
+            )
         finally:
             if awake is not None:
                 _let_go(awake, connections)
@@ -86,6 +94,7 @@ class ModelFlusher:
         should_stop: Callable[[], bool],
         should_yield: Callable[[], bool],
         awake: Awake | None,
+        observe: BurstObserver | None,
     ) -> FlushResult:
         burst_count = get_burst_count(self.model)
         pipelined = burst_count >= PIPELINE_MIN_BURST
@@ -122,6 +131,8 @@ class ModelFlusher:
                     )
                 self._send(burst, connections.per_burst_settings)
                 sent += len(burst.rows)
+                if observe is not None:
+                    observe(self.model, burst.rows, burst.started)
                 if awake is not None and not tried_waking and len(burst.rows) >= AWAKE_MIN_ROWS:
                     tried_waking = True  # once: another listener may hold the lock
                     awake.wake_up(connections.get(index), connections.on_driver)

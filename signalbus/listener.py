@@ -35,6 +35,11 @@ Before it listens, :meth:`Listener.run` checks each database once for what
 retrying cannot fix (:func:`~signalbus.preflight.check_databases`), raising
 :class:`~signalbus.preflight.StartupError`.
 
+What it does is recorded in its :class:`~signalbus.activity.Activity`; with
+*metrics_port*, a :class:`~signalbus.server.StatusServer` serves that record
+as metrics, probes and a status page. The main loop turns at least every
+:data:`TURN_MAX` seconds, so that ``/healthz`` can tell a stuck one.
+
 The listener runs no SQL: its subscriptions ``LISTEN`` and probe, everything
 else goes through the bus and the preflight.
 """
@@ -52,13 +57,18 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import Engine
 
+from .activity import Activity
 from .awake import Awake
+from .backlog import Backlog, measure_backlogs
+from .backlog_watch import BacklogWatch
 from .bus import SignalBus
 from .config import (
     ALWAYS_NOTIFY,
     DEFAULT_CHANNEL,
     DEFAULT_CONFIG,
+    METRICS_HOST,
     PROBE_INTERVAL,
+    READY_FAILING_SECONDS,
     SWEEP_INTERVAL,
     WORKERS,
     check_channel,
@@ -69,8 +79,9 @@ from .config import (
 from .errors import FailureDescriber, one_line
 from .model import SignalModel, signal_table
 from .notifications import Subscription, WakePipe
-from .preflight import check_databases
+from .preflight import StartupError, check_databases
 from .schedule import OUTAGE_PROBE_MAX, FlushQueue
+from .server import StatusServer
 from .worker import IDLE_RELEASE, Worker
 
 __all__ = ["Listener", "listener_from_config"]
@@ -86,6 +97,9 @@ PROBE_TIMEOUT = 10.0
 #: Seconds the workers get to finish their burst on :meth:`Listener.stop`.
 SHUTDOWN_GRACE = 1.5
 
+#: Seconds at most between two turns of the main loop.
+TURN_MAX = 5.0
+
 _LOGGED_PAYLOAD_CHARS = 64
 
 
@@ -96,15 +110,19 @@ def listener_from_config(
     *,
     sweep_interval: float | None = None,
     workers: int | None = None,
+    metrics_port: int | None = None,
     app: Any = None,
 ) -> Listener:
     """Create a :class:`Listener` configured by the ``SIGNALBUS_*`` keys of *config*.
 
-    *sweep_interval* and *workers*, when given, override ``SIGNALBUS_SWEEP_INTERVAL``
-    and ``SIGNALBUS_WORKERS``. Raises :class:`~signalbus.errors.ConfigurationError`
+    *sweep_interval*, *workers* and *metrics_port*, when given, override
+    ``SIGNALBUS_SWEEP_INTERVAL``, ``SIGNALBUS_WORKERS`` and
+    ``SIGNALBUS_METRICS_PORT``. Raises :class:`~signalbus.errors.ConfigurationError`
     naming the key of a bad setting.
     """
-    settings = listener_settings(config, sweep_interval=sweep_interval, workers=workers)
+    settings = listener_settings(
+        config, sweep_interval=sweep_interval, workers=workers, metrics_port=metrics_port
+    )
     return Listener(
         signalbus,
         models,
@@ -113,6 +131,9 @@ def listener_from_config(
         probe_interval=settings.probe_interval,
         workers=settings.workers,
         always_notify=settings.always_notify,
+        metrics_port=settings.metrics_port,
+        metrics_host=settings.metrics_host,
+        ready_failing_seconds=settings.ready_failing_seconds,
         app=app,
     )
 
@@ -128,7 +149,10 @@ class Listener:
     *workers* threads flush; each releases its connections after *idle_release*
     seconds without work. Unless *always_notify*, the listener takes part in
     the wake protocol (:mod:`signalbus.awake`): writers skip their
-    notification while it is awake for their table.
+    notification while it is awake for their table. With *metrics_port* (0:
+    any free port), it serves its metrics, probes and status page on
+    *metrics_host* (see :mod:`signalbus.server`); ``/readyz`` fails once a
+    model has been failing for *ready_failing_seconds*.
     """
 
     def __init__(
@@ -143,6 +167,9 @@ class Listener:
         workers: int = DEFAULT_CONFIG[WORKERS],
         idle_release: float = IDLE_RELEASE,
         always_notify: bool = DEFAULT_CONFIG[ALWAYS_NOTIFY],
+        metrics_port: int | None = None,
+        metrics_host: str = DEFAULT_CONFIG[METRICS_HOST],
+        ready_failing_seconds: float = DEFAULT_CONFIG[READY_FAILING_SECONDS],
         app: Any = None,
     ) -> None:
         if app is None:
@@ -173,6 +200,21 @@ class Listener:
         self._queue: FlushQueue[SignalModel] = FlushQueue(
             served, sweep_interval, max_backoff, resource_of=engines.__getitem__
         )
+        self._subscriptions = [
+            Subscription(engine, channel, group, OUTAGE_PROBE_MAX)
+            for engine, group in by_engine.items()
+        ]
+        self.activity = Activity(served, [s.description for s in self._subscriptions])
+        #: Serves the activity, with *metrics_port*; started by :meth:`run`.
+        self.status_server: StatusServer | None = None
+        if metrics_port is not None:
+            self.status_server = StatusServer(
+                metrics_host,
+                metrics_port,
+                self.activity,
+                BacklogWatch(served, self._measure_backlogs, self.activity.take_changed),
+                check_seconds("ready_failing_seconds", ready_failing_seconds),
+            )
         awake = {} if always_notify else {model: _awake(model) for model in served}
         describe = FailureDescriber()
         self._workers = [
@@ -185,15 +227,12 @@ class Listener:
                 app,
                 self._redact,
                 self._database_works,
+                self.activity,
                 awake.get,
                 check_seconds("idle_release", idle_release),
                 describe,
             )
             for number in range(1, check_workers("workers", workers) + 1)
-        ]
-        self._subscriptions = [
-            Subscription(engine, channel, group, OUTAGE_PROBE_MAX)
-            for engine, group in by_engine.items()
         ]
         #: The cause of each subscription's connection failures, while they go on.
         self._connect_failures: dict[Subscription, str] = {}
@@ -202,10 +241,11 @@ class Listener:
         """Listen and flush until stopped; returns once the workers are done.
 
         Raises :class:`~signalbus.preflight.StartupError`, before listening, for
-        a database that retrying would not fix.
+        a database that retrying would not fix, or a metrics port it cannot bind.
         """
         restore = self._handle_signals()
         try:
+            self._serve_status()
             if self._preflight():
                 for worker in self._workers:
                     worker.start()
@@ -213,6 +253,21 @@ class Listener:
         finally:
             self._shut_down()
             restore()
+
+    def _serve_status(self) -> None:
+        if self.status_server is None:
+            return
+        server = self.status_server
+        try:
+            server.start()
+        except OSError as error:
+            raise StartupError(
+                f"Cannot serve metrics on {server.host}:{server.port}: {error.strerror or error}"
+            ) from None
+
+    def _measure_backlogs(self, models: Sequence[SignalModel]) -> dict[SignalModel, Backlog]:
+        with self._app.app_context():
+            return measure_backlogs(self._signalbus, models)
 
     def _preflight(self) -> bool:
         """Check what retrying cannot fix (see :mod:`signalbus.preflight`); false if stopped."""
@@ -235,13 +290,17 @@ class Listener:
 
     def _loop(self) -> None:
         while not (self._stopping.is_set() or self._stop_reason):
+            self.activity.turned()
             try:
                 for subscription in self._subscriptions:
                     self._tend(subscription)
             except _Interrupted:
                 break
             listening = [s for s in self._subscriptions if s.connection is not None]
-            timeout = min(s.next_deadline(self.probe_interval) for s in self._subscriptions)
+            timeout = min(
+                time.monotonic() + TURN_MAX,
+                *(s.next_deadline(self.probe_interval) for s in self._subscriptions),
+            )
             waited: list[Subscription | WakePipe] = [self._wake_pipe, *listening]
             readable, _, _ = select.select(waited, [], [], max(0.0, timeout - time.monotonic()))
             if self._wake_pipe in readable:
@@ -288,6 +347,7 @@ class Listener:
             logger.debug("Retrying to listen on %s in %.2f s.", subscription.description, delay)
             return
         self._connect_failures.pop(subscription, None)
+        self.activity.listening(subscription.description, True)
         if subscription.connections == 1:
             logger.info(
                 "Now listening on channel %r of %s for %s.",
@@ -315,6 +375,7 @@ class Listener:
 
     def _lost(self, subscription: Subscription, error: psycopg.Error) -> None:
         subscription.close()
+        self.activity.listening(subscription.description, False)
         delay = subscription.schedule_retry()
         logger.warning(
             "Lost the LISTEN connection to %s (%s); reconnecting in %.1f s.",
@@ -336,6 +397,7 @@ class Listener:
                 )
             elif model not in woken and model in self._served:
                 woken.add(model)
+                self.activity.requested(model)
                 self._queue.request(model)
 
     def _database_works(self, engine: Engine) -> None:
@@ -382,6 +444,8 @@ class Listener:
                 )
         for subscription in self._subscriptions:
             subscription.close()
+        if self.status_server is not None:
+            self.status_server.close()
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

@@ -25,6 +25,7 @@ import psycopg
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from .activity import Activity
 from .awake import Awake
 from .bus import SignalBus
 from .connections import OwnedConnections
@@ -55,11 +56,13 @@ class Worker:
         app: Any,
         redact: Redactor,
         database_works: Callable[[Engine], None],
+        activity: Activity,
         awake_of: Callable[[SignalModel], Awake | None] = lambda model: None,
         idle_release: float = IDLE_RELEASE,
         describe: Callable[[BaseException], str] | None = None,
     ) -> None:
         """*database_works* is called with the engine of every flush that worked;
+        *activity* records the bursts sent and the flushes that ended or failed;
         *awake_of* gives a model's wake protocol state (``None``: the worker stays
         out of it); *idle_release* is how long the worker may idle before it
         releases its connections; *describe* tells a send's failure for the log
@@ -73,6 +76,7 @@ class Worker:
         self._stopping = stopping
         self._redact = redact
         self._database_works = database_works
+        self._activity = activity
         self._awake_of = awake_of
         self._describe = describe or FailureDescriber()
         self._connections: dict[Engine, OwnedConnections] = {}
@@ -148,6 +152,7 @@ class Worker:
         for engine in {self.signalbus.engine_for(model) for model in self.models}:
             self._database_works(engine)
         for model in found:
+            self._activity.requested(model)
             self.queue.request(model)
 
     def _flush(self, model: SignalModel) -> None:
@@ -162,6 +167,7 @@ class Worker:
         else:
             if failing:
                 logger.info("Sending %s signals works again.", model.__name__)
+            self._activity.flush_ended(model, result.drained)
             self.queue.done(model, drained=result.drained, sent=result.sent > 0)
             if result.recheck_after is not None:
                 self.queue.later(model, result.recheck_after)
@@ -177,6 +183,7 @@ class Worker:
         elif isinstance(error, OutageError):
             what, resource = "the broker is unavailable", SENDING
         else:
+            self._activity.flush_failed(model, "row", self._redact(one_line(error)))
             delay = self.queue.failed(model)
             details = self._describe(error)
             logger.error(
@@ -186,6 +193,7 @@ class Worker:
                 self._redact(details),
             )
             return
+        self._activity.flush_failed(model, "outage", self._redact(one_line(error)))
         delay = self.queue.outage(model, resource)
         logger.warning(
             "Sending %s signals failed, %s (%s); its rows are kept, probing again in %.1f s.",
@@ -200,15 +208,16 @@ class Worker:
         connections = self._connections_to(engine)
         awake = self._awake_of(model)
         stopping, others_waiting = self._stopping.is_set, self.queue.others_waiting
+        observe = self._activity.burst_sent
         try:
-            return flusher.flush(connections, stopping, others_waiting, awake)
+            return flusher.flush(connections, stopping, others_waiting, awake, observe)
         except DBAPIError as error:
             connections.close()  # they may be broken; the next flush opens new ones
             if not _is_connection_error(error):
                 raise
             # Likely a connection the server closed (a restart): one more try, at
             # once, on a fresh connection, unless the server is down.
-            return flusher.flush(connections, stopping, others_waiting, awake)
+            return flusher.flush(connections, stopping, others_waiting, awake, observe)
 
     def _close_connections(self) -> None:
         for connections in self._connections.values():

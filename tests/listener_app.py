@@ -4,7 +4,7 @@ Its sends are observable across processes: each sent row appends a line
 ``<model> <id> <pid>`` to the file named by ``$LISTENER_SENT_FILE``.
 ``Flaky``'s send raises while the file named by ``$LISTENER_FAIL_FILE`` exists.
 The database is ``$LISTENER_DATABASE_URL``; ``$LISTENER_PROBE_INTERVAL`` sets
-``SIGNALBUS_PROBE_INTERVAL``.
+``SIGNALBUS_PROBE_INTERVAL``, and ``SIGNALBUS_*`` variables set their keys.
 """
 
 from __future__ import annotations
@@ -38,11 +38,15 @@ def record(model: type, rows: Sequence[Any]) -> None:
 
 
 class Tick(db.Model):
-    """A healthy signal, sent in bursts of up to 100."""
+    """A healthy signal, sent in bursts of up to 100; its rows say when they were recorded."""
 
     signalbus_burst_count: ClassVar[int] = 100
+    signalbus_timestamp_column: ClassVar[str] = "inserted_at"
 
     id = db.Column(db.BigInteger, primary_key=True)
+    inserted_at = db.Column(
+        db.DateTime(timezone=True), nullable=False, server_default=db.func.clock_timestamp()
+    )
 
     @classmethod
     def send_signalbus_message(cls, obj: Any) -> None:
@@ -70,6 +74,7 @@ def create_app(database_url: str | None = None) -> Flask:
     app.config["SQLALCHEMY_DATABASE_URI"] = database_url or os.environ["LISTENER_DATABASE_URL"]
     if "LISTENER_PROBE_INTERVAL" in os.environ:
         app.config["SIGNALBUS_PROBE_INTERVAL"] = float(os.environ["LISTENER_PROBE_INTERVAL"])
+    app.config.update({key: os.environ[key] for key in os.environ if key.startswith("SIGNALBUS_")})
     db.init_app(app)
     return app
 

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
+from sqlalchemy.engine import make_url
 
 from tests import listener_app
 from tests.listener_app import db
 from tests.listener_processes import Database, ListenerProcess
+from tests.proxies import FreezableProxy
 
 
 @pytest.fixture
@@ -53,3 +55,12 @@ def spawn(env: dict[str, str], flask_app: Flask) -> Iterator[Callable[..., Liste
     yield spawn
     for process in processes:
         process.kill()
+
+
+@pytest.fixture
+def proxy(database_url: str) -> Iterator[FreezableProxy]:
+    """A proxy in front of the test server, which the test may freeze or take down."""
+    url = make_url(database_url)
+    proxy = FreezableProxy(url.host or "127.0.0.1", url.port or 5432)
+    yield proxy
+    proxy.close()

@@ -226,15 +226,6 @@ def test_password_never_logged_even_across_reconnects(
     assert "Sending Tick signals failed" not in listener.output
 
 
-@pytest.fixture
-def proxy(database_url: str) -> Iterator[FreezableProxy]:
-    """A proxy in front of the test server."""
-    url = make_url(database_url)
-    proxy = FreezableProxy(url.host or "127.0.0.1", url.port or 5432)
-    yield proxy
-    proxy.close()
-
-
 def through(proxy: FreezableProxy, database_url: str) -> str:
     """The test database's URL, leading through *proxy*."""
     return make_url(database_url).set(host="127.0.0.1", port=proxy.port).render_as_string(False)

@@ -221,6 +221,10 @@ def test_flushmany_without_database_logs_each_signal_and_exits_1(
         ("SIGNALBUS_CHANNEL", "x" * 64, f"SIGNALBUS_CHANNEL {'x' * 64!r} is longer than 63"),
         ("SIGNALBUS_WORKERS", 0, "SIGNALBUS_WORKERS must be a whole number from 1 to 64"),
         ("SIGNALBUS_WORKERS", "many", "SIGNALBUS_WORKERS must be a whole number from 1 to 64"),
+        ("SIGNALBUS_METRICS_PORT", "http", "SIGNALBUS_METRICS_PORT must be a port number"),
+        ("SIGNALBUS_METRICS_PORT", 70000, "SIGNALBUS_METRICS_PORT must be a port number"),
+        ("SIGNALBUS_METRICS_HOST", 8, "SIGNALBUS_METRICS_HOST must be a host name or address"),
+        ("SIGNALBUS_READY_FAILING_SECONDS", -1, "SIGNALBUS_READY_FAILING_SECONDS must be a"),
     ],
 )
 def test_listen_rejects_bad_configuration(
@@ -246,7 +250,8 @@ def test_config_shows_every_setting_with_its_source_and_no_password(app: Flask, 
     assert "SIGNALBUS_RABBITMQ_URL = 'amqp://user:***@broker:5672/%2F'  (app config)" in lines
     assert "SIGNALBUS_EXCHANGE = 'orders'  (app config, not a signalbus setting)" in lines
     assert "pa55word" not in result.output
-    assert len(lines) == 8  # the 7 settings of signalbus, and the app's own key
+    assert "SIGNALBUS_METRICS_PORT = None  (default)" in lines
+    assert len(lines) == 11  # the 10 settings of signalbus, and the app's own key
 
 
 def fill_aged(app: Flask, batch_age: int = 90, single: int = 3) -> None:
