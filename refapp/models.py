@@ -78,6 +78,7 @@ class SignalMixin:
 
     routing_key: ClassVar[str]
     signalbus_burst_count = ConfigValue(BURST_COUNT_KEY, 1000)
+    signalbus_timestamp_column = "created_at"
 
     id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
     payload: Mapped[str] = mapped_column(sa.Text)

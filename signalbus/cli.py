@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -114,18 +115,21 @@ def check_burst_counts(models: Sequence[SignalModel]) -> None:
 
 
 def flush_each(
-    signalbus: SignalBus, models: Sequence[SignalModel]
+    signalbus: SignalBus, models: Sequence[SignalModel], idle_lines: bool = True
 ) -> tuple[int, list[SignalModel]]:
     """Flush every model, logging (not raising) a failing send; return (sent, failed).
 
+    Each model's flush ends with a line saying what it sent (unless it sent
+    nothing and not *idle_lines*); on a terminal, a progress bar shows it going.
     An outage (the broker unavailable) ends the round on one line: the models
     after it would fail the same way. An unexpected error shows its traceback.
     """
     redact = signalbus.redactor()
     sent, failed = 0, list[SignalModel]()
     for index, model in enumerate(models):
+        started = time.monotonic()
         try:
-            sent += signalbus.flush_model(model)
+            count = _flush_model(signalbus, model)
         except OutageError as error:
             logger.error("Sending stopped at %s signals, %s; every row is kept.",
                          model.__name__, redact(one_line(error)))  # fmt: skip
@@ -135,7 +139,26 @@ def flush_each(
             logger.error("Sending %s signals failed; its rows are kept%s", model.__name__,
                          redact(details))  # fmt: skip
             failed.append(model)
+        else:
+            sent += count
+            if count or idle_lines:
+                logger.info("Sent %d %s signals in %.1f s.", count, model.__name__,
+                            time.monotonic() - started)  # fmt: skip
     return sent, failed
+
+
+def _flush_model(signalbus: SignalBus, model: SignalModel) -> int:
+    """Flush *model*, with a progress bar of its backlog on a terminal."""
+    if not sys.stderr.isatty():
+        return signalbus.flush_model(model)
+    from .backlog import measure_backlogs
+
+    backlog = measure_backlogs(signalbus, [model])[model]
+    bar = click.progressbar(
+        length=backlog.pending, label=model.__name__, file=sys.stderr, show_pos=True
+    )
+    with bar:
+        return signalbus.flush_model(model, observe=lambda _model, rows, _: bar.update(len(rows)))
 
 
 @signalbus_cli.command("flushmany")
@@ -156,7 +179,7 @@ def flushmany_command(signal_names: tuple[str, ...], repeat: float | None) -> No
     signalbus = get_signalbus()
     while True:
         started = time.monotonic()
-        sent, failed = flush_each(signalbus, models)
+        sent, failed = flush_each(signalbus, models, idle_lines=repeat is None)
         if sent or not (repeat or failed):  # an idle or failed round is not news
             logger.info("Sent %d signals.", sent)
         if repeat is None:

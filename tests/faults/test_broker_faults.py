@@ -29,6 +29,7 @@ from refapp import create_app
 from refapp.models import db
 from signalbus.conninfo import libpq_conninfo
 from signalbus.triggers import check_signal_triggers
+from tests.metrics_checks import get, probe, sample, scrape, served_url
 from tests.processes import FLASK, OutputProcess
 from tests.rabbitmq_node import RabbitNode
 from tests.waiting import wait_until
@@ -249,13 +250,14 @@ def consumer(broker: Broker) -> Iterator[Consumer]:
 class Sidecar(OutputProcess):
     """A ``flask --app refapp signalbus ...`` process whose output is collected as it comes."""
 
-    def __init__(self, database: Database, broker: Broker, *args: str) -> None:
+    def __init__(self, database: Database, broker: Broker, *args: str, **settings: str) -> None:
         env = {
             **os.environ,
             "DATABASE_URL": database.url,
             "SIGNALBUS_RABBITMQ_URL": broker.app_url,
             "SIGNALBUS_EXCHANGE": EXCHANGE,
             "SIGNALBUS_RABBITMQ_TIMEOUT": str(PUBLISH_TIMEOUT),
+            **settings,
         }
         super().__init__([FLASK, "--app", "refapp", "signalbus", *args], env)
 
@@ -268,11 +270,12 @@ class Sidecar(OutputProcess):
 
 @pytest.fixture
 def start_sidecar(database: Database, broker: Broker) -> Iterator[Callable[..., Sidecar]]:
-    """Start ``flask signalbus <args>`` processes; kill them after the test."""
+    """Start ``flask signalbus <args>`` processes (keyword arguments: more environment
+    variables); kill them after the test."""
     started: list[Sidecar] = []
 
-    def start(*args: str) -> Sidecar:
-        sidecar = Sidecar(database, broker, *args)
+    def start(*args: str, **settings: str) -> Sidecar:
+        sidecar = Sidecar(database, broker, *args, **settings)
         started.append(sidecar)
         return sidecar
 
@@ -379,6 +382,43 @@ def test_broker_stopped_and_started_while_rows_keep_coming(
     assert listener.process.poll() is None
     check_sent_once_or_failed(consumer, listener, ids)
     check_log(listener, "Sending OrderPlacedSignal signals failed")
+
+
+def test_a_stopped_broker_counts_as_an_outage_and_readiness_follows_it(
+    database: Database,
+    broker: Broker,
+    consumer: Consumer,
+    start_sidecar: Callable[..., Sidecar],
+) -> None:
+    broker.declare("order.#")
+    listener = start_sidecar("listen", "--metrics-port", "0", SIGNALBUS_READY_FAILING_SECONDS="2")
+    base = served_url(listener)
+    listener.wait_for_output("listening")
+    ids = set(database.insert(PLACED, 10))
+    wait_delivered(consumer, database, ids)
+    signal = "OrderPlacedSignal"
+
+    def failures(kind: str) -> float:
+        return sample(scrape(base), "signalbus_send_failures_total", signal=signal, kind=kind) or 0
+
+    node = broker.node
+    try:
+        node.ctl("stop_app")
+        ids.update(database.insert(PLACED, 10))
+        wait_until(lambda: failures("outage") >= 1, 30, "a failure of kind outage")
+        wait_until(lambda: probe(base, "readyz")[0] == 503, 30, "/readyz failing")
+        assert failures("row") == 0
+        assert probe(base, "healthz")[0] == 200
+    finally:
+        node.ctl("start_app")
+        node.ctl("await_startup")
+    wait_delivered(consumer, database, ids, timeout=90)
+    wait_until(lambda: probe(base, "readyz")[0] == 200, 30, "/readyz ready again")
+    samples = scrape(base)
+    assert sample(samples, "signalbus_sent_total", signal=signal) == 20
+    assert sample(samples, "signalbus_delivery_seconds_count", signal=signal) == 20
+    assert failures("row") == 0
+    assert PASSWORD not in get(base + "metrics")[1] + get(base)[1]
 
 
 def test_unroutable_messages_stay_until_a_queue_is_bound(

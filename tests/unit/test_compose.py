@@ -25,6 +25,10 @@ from werkzeug.serving import make_server
 import refapp
 from refapp.models import OrderPlacedSignal, OrderShippedSignal
 from refapp.publishing import DEFAULT_EXCHANGE
+from signalbus.activity import Activity
+from signalbus.backlog_watch import BacklogWatch
+from signalbus.probes import STALL_SECONDS
+from signalbus.server import StatusServer
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_SERVICES = ("migrate", "web", "listener")
@@ -64,6 +68,7 @@ def test_health_checks(services: dict[str, Any]) -> None:
     assert healthcheck_command(services["postgres"])[0] == "pg_isready"
     assert healthcheck_command(services["rabbitmq"]) == ["rabbitmq-diagnostics", "-q", "ping"]
     assert healthcheck_command(services["web"])[0] == "python"
+    assert "/healthz" in healthcheck_command(services["listener"])[-1]
 
 
 def test_start_order(services: dict[str, Any]) -> None:
@@ -161,7 +166,12 @@ def live_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
 
 
 def run_healthcheck(command: list[str], port: int) -> int:
-    command = [part.replace("127.0.0.1:8000", f"127.0.0.1:{port}") for part in command]
+    command = [
+        part.replace("127.0.0.1:8000", f"127.0.0.1:{port}").replace(
+            "127.0.0.1:9100", f"127.0.0.1:{port}"
+        )
+        for part in command
+    ]
     command[0] = sys.executable
     return subprocess.run(command, capture_output=True, timeout=30).returncode
 
@@ -175,6 +185,37 @@ def test_web_healthcheck_passes_when_the_app_answers(
 def test_web_healthcheck_fails_when_nothing_answers(services: dict[str, Any]) -> None:
     with socket_without_server() as port:
         assert run_healthcheck(healthcheck_command(services["web"]), port) != 0
+
+
+@pytest.fixture
+def listener_probes() -> Iterator[tuple[int, list[float]]]:
+    """A listener's status server on a free port, and the clock of its activity."""
+    now = [0.0]
+    activity = Activity([OrderPlacedSignal], ["database"], clock=lambda: now[0])
+    server = StatusServer("127.0.0.1", 0, activity, BacklogWatch([], lambda models: {}, set), 60.0)
+    server.start()
+    yield server.port, now
+    server.close()
+
+
+def test_listener_healthcheck_passes_while_its_main_loop_turns(
+    services: dict[str, Any], listener_probes: tuple[int, list[float]]
+) -> None:
+    port, _ = listener_probes
+    assert run_healthcheck(healthcheck_command(services["listener"]), port) == 0
+
+
+def test_listener_healthcheck_fails_once_its_main_loop_is_stuck(
+    services: dict[str, Any], listener_probes: tuple[int, list[float]]
+) -> None:
+    port, now = listener_probes
+    now[0] += STALL_SECONDS + 1
+    assert run_healthcheck(healthcheck_command(services["listener"]), port) != 0
+
+
+def test_listener_healthcheck_fails_when_nothing_answers(services: dict[str, Any]) -> None:
+    with socket_without_server() as port:
+        assert run_healthcheck(healthcheck_command(services["listener"]), port) != 0
 
 
 @contextlib.contextmanager
