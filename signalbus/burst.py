@@ -49,7 +49,6 @@ def build_delete_statement(model: SignalModel) -> ReturningDelete[Any]:
     join over the whole table, 20x slower on a large backlog of narrow rows.
     Composite keys use ``(pk1, pk2) IN (SELECT ...)``.
     """
-    mapper: sa.orm.Mapper[Any] = sa.inspect(model)
     table = signal_table(model)
     key_columns = table.primary_key.columns
     burst = (
@@ -58,18 +57,34 @@ def build_delete_statement(model: SignalModel) -> ReturningDelete[Any]:
         .limit(sa.bindparam("burst_count", type_=sa.Integer))
         .with_for_update(skip_locked=True)
     )
-    returned = [
-        column.label(attribute.key)
-        for attribute in mapper.column_attrs
-        for column in attribute.columns[:1]
-        if column.table is table
-    ]
+    returned = _returned_columns(model)
     if len(key_columns) == 1:
         [key] = key_columns
         picked = key == sa.any_(sa.func.array(burst.scalar_subquery()))
     else:
         picked = sa.tuple_(*key_columns).in_(burst)
     return sa.delete(table).where(picked).returning(*returned)
+
+
+def build_keyed_delete(model: SignalModel) -> ReturningDelete[Any]:
+    """``DELETE ... WHERE (pk) IN :keys RETURNING ...``: the rows with the given keys,
+    returned as the burst statement returns them (for :mod:`signalbus.isolation`)."""
+    table = signal_table(model)
+    keys: sa.BindParameter[Any] = sa.bindparam("keys", expanding=True)
+    picked = sa.tuple_(*table.primary_key.columns).in_(keys)
+    return sa.delete(table).where(picked).returning(*_returned_columns(model))
+
+
+def _returned_columns(model: SignalModel) -> list[sa.Label[Any]]:
+    """The table's columns, labelled with the model's attribute names."""
+    mapper: sa.orm.Mapper[Any] = sa.inspect(model)
+    table = signal_table(model)
+    return [
+        column.label(attribute.key)
+        for attribute in mapper.column_attrs
+        for column in attribute.columns[:1]
+        if column.table is table
+    ]
 
 
 class Burst(abc.ABC):
@@ -147,14 +162,20 @@ class BurstStatement:
 
     def __init__(self, model: SignalModel) -> None:
         self.statement = build_delete_statement(model)
+        self.keyed_statement = build_keyed_delete(model)
         mapper: sa.orm.Mapper[Any] = sa.inspect(model)
         keys = [mapper.get_property_by_column(column).key for column in mapper.primary_key]
         self._sort_key = operator.attrgetter(*keys)
+        self._key_getters = [operator.attrgetter(key) for key in keys]
         returned = self.statement.exported_columns
         self._names = [column.name for column in returned]
         self._types = [column.type for column in returned]
         self._sql: dict[Dialect, str] = {}
         self._shapes: dict[tuple[Dialect, tuple[int, ...]], _Shape] = {}
+
+    def key_of(self, row: Any) -> tuple[Any, ...]:
+        """The primary key of *row*, a tuple even for a single column."""
+        return tuple(get(row) for get in self._key_getters)
 
     def fetch(self, connection: Connection, burst_count: int, on_driver: bool) -> Burst:
         """Delete up to *burst_count* rows on *connection*, in primary-key order, uncommitted.
@@ -169,6 +190,19 @@ class BurstStatement:
             burst = self._fetch_on_core(connection, burst_count)
         burst.rows.sort(key=self._sort_key)
         burst.started = started
+        return burst
+
+    def fetch_keys(self, connection: Connection, keys: Sequence[tuple[Any, ...]]) -> Burst:
+        """Delete the rows with primary keys *keys* that are still there, uncommitted."""
+        transaction = connection.begin()
+        try:
+            result = connection.execute(self.keyed_statement, {"keys": list(keys)})
+            rows = sorted(result, key=self._sort_key)
+        except BaseException:
+            transaction.rollback()
+            raise
+        burst = _CoreBurst(rows, connection, transaction)
+        burst.started = time.monotonic()
         return burst
 
     def _fetch_on_core(self, connection: Connection, burst_count: int) -> Burst:

@@ -12,12 +12,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from .atomic import check_mixed_into_sqlalchemy, check_mixin_order
-from .config import DEFAULT_CONFIG
+from .config import DEFAULT_CONFIG, max_attempts_setting
 from .connections import PooledConnections
 from .conninfo import connection_defaults
 from .errors import NotASignalModelError
 from .flush import BurstObserver, ModelFlusher
 from .model import SignalModel, is_signal_model, lacks_single_send, signal_table
+from .quarantine import quarantine_table
 from .redaction import Redactor
 from .triggers import payload_name
 
@@ -108,7 +109,7 @@ class SignalBus:
         """Return the :class:`~signalbus.flush.ModelFlusher` of *model* (made once)."""
         flusher = self._flushers.get(model)
         if flusher is None:
-            flusher = self._flushers[model] = ModelFlusher(model)
+            flusher = self._flushers[model] = ModelFlusher(model, _configured_max_attempts)
         return flusher
 
     def models_with_rows(
@@ -169,6 +170,13 @@ class SignalBus:
         return Redactor.for_urls(*(engine.url for engine in self.db.engines.values()))
 
 
+def _configured_max_attempts() -> int:
+    """The app's ``SIGNALBUS_MAX_ATTEMPTS`` (needs an app context)."""
+    from flask import current_app
+
+    return max_attempts_setting(current_app.config)
+
+
 def table_name(table: sa.Table) -> str:
     """Return *table*'s name as its trigger's notifications carry it (see :func:`payload_name`)."""
     return payload_name(table.name, table.schema)
@@ -214,7 +222,8 @@ class SignalBusMixin:
 
     After ``init_app(app)``, ``db.signalbus`` and ``app.extensions["signalbus"]``
     hold the bus and the ``flask signalbus`` commands are registered on
-    ``app.cli``.
+    ``app.cli``. The quarantine table (:mod:`signalbus.quarantine`) is part of
+    ``db.metadata``.
     """
 
     signalbus: SignalBus
@@ -227,6 +236,8 @@ class SignalBusMixin:
         check_mixed_into_sqlalchemy(self, SignalBusMixin)
         self.signalbus = SignalBus(cast("SQLAlchemy", self))
         super().__init__(app, **kwargs)  # type: ignore[call-arg]  # SQLAlchemy's, after the mixin
+        # In the default metadata: create_all() and flask db migrate make it.
+        quarantine_table(cast("SQLAlchemy", self).metadata)
 
     def _apply_driver_defaults(self, options: dict[str, Any], app: Flask) -> None:
         # A flush stuck on a dead connection would stall its model for hours with

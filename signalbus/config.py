@@ -23,6 +23,7 @@ __all__ = [
     "CHANNEL",
     "DEFAULT_CHANNEL",
     "DEFAULT_CONFIG",
+    "MAX_ATTEMPTS",
     "MAX_CHANNEL_BYTES",
     "MAX_SECONDS",
     "MAX_WORKERS",
@@ -44,6 +45,7 @@ __all__ = [
     "check_workers",
     "effective_settings",
     "listener_settings",
+    "max_attempts_setting",
     "publisher_settings",
 ]
 
@@ -57,6 +59,8 @@ PROBE_INTERVAL = "SIGNALBUS_PROBE_INTERVAL"
 WORKERS = "SIGNALBUS_WORKERS"
 #: Whether the listener stays out of the wake protocol: writers then always notify.
 ALWAYS_NOTIFY = "SIGNALBUS_ALWAYS_NOTIFY"
+#: How many times a row may fail alone before it is moved to quarantine.
+MAX_ATTEMPTS = "SIGNALBUS_MAX_ATTEMPTS"
 #: The port of the listener's metrics, probes and status page (none when unset).
 METRICS_PORT = "SIGNALBUS_METRICS_PORT"
 #: The address that port is bound to.
@@ -76,6 +80,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     PROBE_INTERVAL: 60.0,
     WORKERS: 4,
     ALWAYS_NOTIFY: False,
+    MAX_ATTEMPTS: 5,
     METRICS_PORT: None,
     METRICS_HOST: "127.0.0.1",
     READY_FAILING_SECONDS: 60.0,
@@ -158,6 +163,18 @@ def listener_settings(
             READY_FAILING_SECONDS, _get(config, READY_FAILING_SECONDS)
         ),
     )
+
+
+def max_attempts_setting(config: Mapping[str, Any]) -> int:
+    """Return the checked ``SIGNALBUS_MAX_ATTEMPTS`` of *config*: a positive whole number."""
+    value = _get(config, MAX_ATTEMPTS)
+    try:
+        attempts = int(value) if isinstance(value, int | str) else 0
+    except ValueError:
+        attempts = 0
+    if isinstance(value, bool) or attempts < 1:
+        raise ConfigurationError(f"{MAX_ATTEMPTS} must be a positive whole number, not {value!r}")
+    return attempts
 
 
 def publisher_settings(config: Mapping[str, Any]) -> PublisherSettings:

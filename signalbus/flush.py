@@ -16,11 +16,14 @@ from .atomic import retry_on_deadlock
 from .awake import AWAKE_MIN_ROWS, Awake
 from .burst import Burst, BurstStatement
 from .connections import BurstConnections
+from .isolation import Isolation, IsolationResult, is_outage
 from .model import (
     SignalModel,
     check_not_blocked,
     get_burst_count,
+    get_max_attempts,
     is_blocked,
+    is_ordered,
     send_rows,
 )
 
@@ -46,22 +49,32 @@ class FlushResult:
     #: Seconds after which to flush again: writers that skipped their notification
     #: still ran (see :mod:`signalbus.awake`); ``None`` when nothing is owed.
     recheck_after: float | None = None
+    #: Rows moved to quarantine (see :mod:`signalbus.isolation`).
+    quarantined: int = 0
 
 
 class ModelFlusher:
     """Drains one signal model.
 
     A burst's rows are deleted, sent, and only then committed; a send that
-    raises rolls its burst back and the exception propagates. Rows go out in
-    primary-key order. Full bursts of :data:`PIPELINE_MIN_BURST` rows or more
-    are pipelined: while one burst is being sent, the second connection already
-    deletes (without committing) the next one, which ``SKIP LOCKED`` keeps
-    disjoint from the first. If a send fails, both are rolled back.
+    raises rolls its burst back. An outage's error propagates (as does every
+    error of an ordered model: its rows wait behind the failing one);
+    otherwise the burst is isolated (:mod:`signalbus.isolation`): the rows
+    that fail alone are counted and, at the model's maximum of attempts,
+    quarantined, the others sent. Rows go out in primary-key order.
+
+    Full bursts of :data:`PIPELINE_MIN_BURST` rows or more are pipelined: while
+    one burst is being sent, the second connection already deletes (without
+    committing) the next one, which ``SKIP LOCKED`` keeps disjoint from the
+    first. If a send fails, both are rolled back.
     """
 
-    def __init__(self, model: SignalModel) -> None:
+    def __init__(self, model: SignalModel, max_attempts: Callable[[], int]) -> None:
+        """*max_attempts* gives the attempts of a row failing alone before it is
+        quarantined, unless the model's ``signalbus_max_attempts`` says otherwise."""
         self.model = model
         self.statement = BurstStatement(model)
+        self._max_attempts = max_attempts
 
     def flush(
         self,
@@ -98,7 +111,7 @@ class ModelFlusher:
     ) -> FlushResult:
         burst_count = get_burst_count(self.model)
         pipelined = burst_count >= PIPELINE_MIN_BURST
-        sent, current = 0, 0
+        sent, current, quarantined = 0, 0, 0
         tried_waking = False
         upcoming: Future[Burst] | None = None
         try:
@@ -114,10 +127,10 @@ class ModelFlusher:
                 if not burst.rows:
                     burst.rollback()
                     if awake is None or not awake.owes_look:
-                        return FlushResult(sent, drained=True)
+                        return FlushResult(sent, drained=True, quarantined=quarantined)
                     recheck_after = _fall_asleep(awake, connections, current)
                     if recheck_after is not None:
-                        return FlushResult(sent, drained=True, recheck_after=recheck_after)
+                        return FlushResult(sent, True, recheck_after, quarantined)
                     continue  # the last look, starting after the writers that skipped ended
                 full, index = len(burst.rows) == burst_count, current
                 if (
@@ -129,20 +142,31 @@ class ModelFlusher:
                     upcoming = connections.prefetcher().submit(
                         self._fetch, connections, current, burst_count
                     )
-                self._send(burst, connections.per_burst_settings)
+                try:
+                    self._send(burst, connections.per_burst_settings, observe)
+                except Exception as error:
+                    if upcoming is not None:
+                        _roll_back_when_done(upcoming)
+                        upcoming = None
+                    if is_outage(error) or is_ordered(self.model):
+                        raise
+                    isolated = self._isolate(connections, index, burst.rows, error, observe)
+                    sent, quarantined = (
+                        sent + isolated.sent,
+                        quarantined + len(isolated.quarantined),
+                    )
+                    continue
                 sent += len(burst.rows)
-                if observe is not None:
-                    observe(self.model, burst.rows, burst.started)
                 if awake is not None and not tried_waking and len(burst.rows) >= AWAKE_MIN_ROWS:
                     tried_waking = True  # once: another listener may hold the lock
                     awake.wake_up(connections.get(index), connections.on_driver)
                 if not (full or (awake is not None and awake.owes_look)):
                     # Owing a look (awake now, or writers skipped since the last look),
                     # the flush goes on to a burst that finds nothing, and keeps it then.
-                    return FlushResult(sent, drained=True)
+                    return FlushResult(sent, drained=True, quarantined=quarantined)
                 if should_yield():
                     break
-            return FlushResult(sent, drained=False)
+            return FlushResult(sent, drained=False, quarantined=quarantined)
         finally:
             if upcoming is not None:
                 _roll_back_when_done(upcoming)
@@ -152,7 +176,7 @@ class ModelFlusher:
         connection = connections.get(index)
         return self.statement.fetch(connection, burst_count, connections.on_driver)
 
-    def _send(self, burst: Burst, per_burst_settings: bool) -> None:
+    def _send(self, burst: Burst, per_burst_settings: bool, observe: BurstObserver | None) -> None:
         """Send the burst and commit it; a failed send rolls it back (the prefetched one
         is rolled back by :meth:`flush`)."""
         try:
@@ -164,6 +188,25 @@ class ModelFlusher:
                 burst.rollback()
             raise
         burst.commit(per_burst_settings)
+        if observe is not None:
+            observe(self.model, burst.rows, burst.started)
+
+    def _isolate(
+        self,
+        connections: BurstConnections,
+        index: int,
+        rows: list[Any],
+        error: Exception,
+        observe: BurstObserver | None,
+    ) -> IsolationResult:
+        def send(burst: Burst) -> None:
+            self._send(burst, connections.per_burst_settings, observe)
+
+        max_attempts = get_max_attempts(self.model, self._max_attempts())
+        isolation = Isolation(
+            self.model, self.statement, connections.get(index), send, max_attempts
+        )
+        return isolation.run(rows, error)
 
 
 def _fall_asleep(awake: Awake, connections: BurstConnections, index: int) -> float | None:

@@ -25,8 +25,10 @@ __all__ = [
     "SignalModel",
     "check_not_blocked",
     "get_burst_count",
+    "get_max_attempts",
     "get_timestamp_column",
     "is_blocked",
+    "is_ordered",
     "is_signal_model",
     "lacks_single_send",
     "send_rows",
@@ -98,6 +100,21 @@ def get_timestamp_column(model: SignalModel) -> sa.Column[Any] | None:
             f" {table.name} ({columns or 'it has none'}), not {name!r}"
         )
     return column
+
+
+def get_max_attempts(model: SignalModel, default: int) -> int:
+    """Return the model's ``signalbus_max_attempts``, or *default*, checking it is positive."""
+    attempts = getattr(model, "signalbus_max_attempts", default)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+        raise ConfigurationError(
+            f"{model.__name__}.signalbus_max_attempts must be a positive integer, not {attempts!r}"
+        )
+    return attempts
+
+
+def is_ordered(model: SignalModel) -> bool:
+    """Whether the model's ``signalbus_ordered`` is true: its rows go out strictly in order."""
+    return bool(getattr(model, "signalbus_ordered", False))
 
 
 def send_rows(model: SignalModel, rows: Sequence[Any]) -> None:

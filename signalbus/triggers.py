@@ -39,6 +39,7 @@ from sqlalchemy.engine import Connection
 
 from .config import DEFAULT_CHANNEL, check_channel
 from .model import SignalModel, signal_table
+from .quarantine import quarantine_table
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
@@ -237,6 +238,7 @@ def _statuses(
         found = trigger_channels(connection)
         current = function_is_current(connection) is not False
         if install:
+            quarantine_table(sa.MetaData()).create(connection, checkfirst=True)
             upgraded = not current and bool(existing)
             for statement in function_statements() if upgraded else []:
                 connection.execute(statement)

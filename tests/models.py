@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import threading
 from typing import Any, ClassVar
 
@@ -24,6 +25,10 @@ class Recorder:
         self.sent: list[Any] = []
         self.batches: list[int] = []
         self.error: Exception | None = None
+        #: Ids whose sends fail, each time, with a ValueError; and how often it was tried.
+        self.bad: set[int] = set()
+        self.tried_bad: collections.Counter[int] = collections.Counter()
+        self.tried_alone: collections.Counter[int] = collections.Counter()
         self._lock = threading.Lock()
 
     def send_one(self, obj: Any) -> None:
@@ -32,6 +37,12 @@ class Recorder:
     def send_many(self, objs: Any, batch: bool = True) -> None:
         if self.error is not None:
             raise self.error
+        bad = [obj.id for obj in objs if getattr(obj, "id", None) in self.bad]
+        if bad:
+            self.tried_bad.update(bad)
+            if len(objs) == 1:
+                self.tried_alone.update(bad)
+            raise ValueError(f"cannot build the message of row {bad[0]}")
         with self._lock:
             self.sent.extend(objs)
             if batch:
@@ -41,6 +52,9 @@ class Recorder:
         self.sent.clear()
         self.batches.clear()
         self.error = None
+        self.bad.clear()
+        self.tried_bad.clear()
+        self.tried_alone.clear()
 
 
 recorder = Recorder()

@@ -185,7 +185,12 @@ def test_refapp_migrations(database_url: str, engine: Engine, tmp_path: Path) ->
     signal_tables = {"order_placed_signal", "order_shipped_signal"}
     assert flask(database_url, tmp_path, "signalbus", "triggers").returncode == 1
     ok(flask(database_url, tmp_path, "db", "upgrade"))
-    assert table_names(engine) == {"alembic_version", "orders", *signal_tables}
+    assert table_names(engine) == {
+        "alembic_version",
+        "orders",
+        "signalbus_quarantine",
+        *signal_tables,
+    }
     with engine.connect() as connection:
         assert installed_triggers(connection) == signal_tables
     assert "order_placed_signal (OrderPlacedSignal): installed" in ok(

@@ -170,7 +170,7 @@ def test_failing_send_keeps_its_burst_and_propagates() -> None:
     assert db.signalbus.flushmany([BatchSignal]) == 250
 
 
-def test_failure_after_some_bursts_keeps_only_the_failed_rows() -> None:
+def test_a_burst_failing_once_goes_out_in_parts() -> None:
     insert_rows(BatchSignal, 250, payload=str)
     calls = 0
     original = recorder.send_many
@@ -184,13 +184,22 @@ def test_failure_after_some_bursts_keeps_only_the_failed_rows() -> None:
 
     recorder.send_many = fail_on_second_burst  # type: ignore[method-assign]
     try:
-        with pytest.raises(RuntimeError):
-            db.signalbus.flushmany([BatchSignal])
+        assert db.signalbus.flushmany([BatchSignal]) == 250
     finally:
         del recorder.send_many
-    assert row_count(BatchSignal) == 150
-    remaining = db.session.scalars(sa.select(BatchSignal.id).order_by(BatchSignal.id)).all()
-    assert remaining == list(range(101, 251))
+    assert row_count(BatchSignal) == 0
+    assert sorted(row.id for row in recorder.sent) == list(range(1, 251))
+    # The failed burst went out again as its two halves.
+    assert recorder.batches == [100, 50, 50, 50]
+
+
+def test_a_model_whose_every_send_fails_keeps_its_rows() -> None:
+    insert_rows(BatchSignal, 250, payload=str)
+    recorder.error = RuntimeError("nack")
+    with pytest.raises(RuntimeError, match="nack"):
+        db.signalbus.flushmany([BatchSignal])
+    assert row_count(BatchSignal) == 250
+    assert recorder.sent == []
 
 
 def test_non_signal_model_is_rejected() -> None:

@@ -106,6 +106,7 @@ def test_one_failing_signal_does_not_stop_the_others(
         raise ConnectionError("nack")
 
     monkeypatch.setattr(BatchSignal, "send_signalbus_messages", classmethod(fail))
+    monkeypatch.setattr(BatchSignal, "send_signalbus_message", classmethod(fail))
     result = invoke("flushmany")
     assert result.exit_code == 1
     assert pending(app, SingleSignal) == 0
@@ -258,7 +259,7 @@ def test_config_shows_every_setting_with_its_source_and_no_password(app: Flask, 
     assert "SIGNALBUS_EXCHANGE = 'orders'  (app config, not a signalbus setting)" in lines
     assert "pa55word" not in result.output
     assert "SIGNALBUS_METRICS_PORT = None  (default)" in lines
-    assert len(lines) == 11  # the 10 settings of signalbus, and the app's own key
+    assert len(lines) == 12  # the 11 settings of signalbus, and the app's own key
 
 
 def fill_aged(app: Flask, batch_age: int = 90, single: int = 3) -> None:
