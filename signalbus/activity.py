@@ -152,11 +152,13 @@ class Activity:
             self._progress.sent(snapshot.name, len(rows))
             self._changed.add(model)
 
-    def flush_ended(self, model: SignalModel, drained: bool) -> None:
-        """A flush of *model* worked; its table *drained* or not."""
+    def flush_ended(self, model: SignalModel, drained: bool, quarantined: int = 0) -> None:
+        """A flush of *model* worked; its table *drained* or not; *quarantined* rows of it
+        were moved to quarantine (each counts as a failure of kind ``row``)."""
         with self._lock:
             signal = self._signals[model]
             signal.failing_since, signal.snapshot.last_error = None, None
+            signal.snapshot.failures["row"] += quarantined
             self._progress.flushed(signal.snapshot.name, drained)
 
     def flush_failed(self, model: SignalModel, kind: str, error: str) -> None:

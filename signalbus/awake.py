@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 
 from .backoff import Backoff
 from .burst import run_scalar
-from .triggers import load_sql
+from .triggers import load_sql, quoted_name
 
 __all__ = ["AWAKE_MIN_ROWS", "RECHECK_MAX", "Awake"]
 
@@ -44,8 +44,7 @@ class Awake:
     """The wake protocol's state for one signal table, shared by the flushes of its model."""
 
     def __init__(self, schema: str | None, table: str) -> None:
-        quoted = [_quote(name) for name in (schema, table) if name is not None]
-        self._parameters = {"table": ".".join(quoted)}
+        self._parameters = {"table": quoted_name(table, schema)}
         #: The connection holding the ``awake`` lock, while a flush holds it.
         self._holder: tuple[Connection, bool] | None = None
         #: Whether writers may have skipped their notification since the last final look.
@@ -85,7 +84,3 @@ class Awake:
     def recheck_delay(self) -> float:
         """Seconds until writers that skipped and still run should be looked at again."""
         return self._recheck.next()
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'

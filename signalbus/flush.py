@@ -25,7 +25,9 @@ from .model import (
     is_blocked,
     is_ordered,
     send_rows,
+    signal_table,
 )
+from .ordering import ORDERED_RETRY, OrderedLock
 
 __all__ = ["BurstObserver", "FlushResult", "ModelFlusher"]
 
@@ -75,6 +77,8 @@ class ModelFlusher:
         self.model = model
         self.statement = BurstStatement(model)
         self._max_attempts = max_attempts
+        table = signal_table(model)
+        self._ordered_lock = OrderedLock(table.schema, table.name)
 
     def flush(
         self,
@@ -92,7 +96,14 @@ class ModelFlusher:
         (:mod:`signalbus.awake`): once its bursts bring rows in numbers, it
         stays awake, flushing until a burst finds none, and keeps the
         protocol's promise before it returns. *observe* is told of each burst committed.
+
+        An ordered model is flushed only while the flush holds its lock (see
+        :mod:`signalbus.ordering`); when another process holds it, the flush
+        sends nothing and asks to be tried again (``recheck_after``).
         """
+        ordered = is_ordered(self.model)
+        if ordered and not self._ordered_lock.take(connections.get(0), connections.on_driver):
+            return FlushResult(0, drained=True, recheck_after=ORDERED_RETRY)
         try:
             return self._bursts(
                 connections, stop or _never, yield_to_others or _never, awake, observe
@@ -100,6 +111,8 @@ class ModelFlusher:
         finally:
             if awake is not None:
                 _let_go(awake, connections)
+            if ordered:
+                self._release_ordered(connections)
 
     def _bursts(
         self,
@@ -170,6 +183,14 @@ class ModelFlusher:
         finally:
             if upcoming is not None:
                 _roll_back_when_done(upcoming)
+
+    def _release_ordered(self, connections: BurstConnections) -> None:
+        """Give the ordered lock back; should that fail, close the connections (and the lock
+        goes with their session)."""
+        try:
+            self._ordered_lock.release(connections.get(0), connections.on_driver)
+        except Exception:
+            connections.close()
 
     @retry_on_deadlock()
     def _fetch(self, connections: BurstConnections, index: int, burst_count: int) -> Burst:

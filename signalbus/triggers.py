@@ -56,6 +56,7 @@ __all__ = [
     "installed_triggers",
     "load_sql",
     "payload_name",
+    "quoted_name",
     "trigger_channels",
 ]
 
@@ -67,6 +68,12 @@ TRIGGER_NAME = "signalbus_notify"
 def load_sql(name: str) -> str:
     """Return the text of ``sql/<name>.sql``."""
     return resources.files("signalbus.sql").joinpath(f"{name}.sql").read_text(encoding="utf-8")
+
+
+def quoted_name(table_name: str, schema: str | None = None) -> str:
+    """Return the table's name quoted for SQL (``"schema"."table"``), e.g. for ``to_regclass``."""
+    names = [name for name in (schema, table_name) if name is not None]
+    return ".".join('"' + name.replace('"', '""') + '"' for name in names)
 
 
 def payload_name(table_name: str, schema: str | None = None) -> str:

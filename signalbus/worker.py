@@ -31,7 +31,7 @@ from .bus import SignalBus
 from .connections import OwnedConnections
 from .errors import FailureDescriber, OutageError, one_line
 from .flush import FlushResult
-from .model import SignalModel
+from .model import SignalModel, is_ordered
 from .redaction import Redactor
 from .schedule import IDLE, SENDING, SWEEP, FlushQueue
 
@@ -167,7 +167,7 @@ class Worker:
         else:
             if failing:
                 logger.info("Sending %s signals works again.", model.__name__)
-            self._activity.flush_ended(model, result.drained)
+            self._activity.flush_ended(model, result.drained, result.quarantined)
             self.queue.done(model, drained=result.drained, sent=result.sent > 0)
             if result.recheck_after is not None:
                 self.queue.later(model, result.recheck_after)
@@ -186,9 +186,11 @@ class Worker:
             self._activity.flush_failed(model, "row", self._redact(one_line(error)))
             delay = self.queue.failed(model)
             details = self._describe(error)
+            held = " (ordered: the rows behind the failing one wait)" if is_ordered(model) else ""
             logger.error(
-                "Sending %s signals failed; its rows are kept, retrying in %.1f s%s",
+                "Sending %s signals failed; its rows are kept%s, retrying in %.1f s%s",
                 model.__name__,
+                held,
                 delay,
                 self._redact(details),
             )

@@ -57,6 +57,23 @@ class Tick(db.Model):
         record(cls, objs)
 
 
+class Ordered(db.Model):
+    """A signal whose rows must go out strictly in key order, in bursts of up to 20."""
+
+    signalbus_ordered: ClassVar[bool] = True
+    signalbus_burst_count: ClassVar[int] = 20
+
+    id = db.Column(db.BigInteger, primary_key=True)
+
+    @classmethod
+    def send_signalbus_message(cls, obj: Any) -> None:
+        record(cls, [obj])
+
+    @classmethod
+    def send_signalbus_messages(cls, objs: Sequence[Any]) -> None:
+        record(cls, objs)
+
+
 class Flaky(db.Model):
     """A signal whose send fails while the fail file exists."""
 

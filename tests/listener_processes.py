@@ -81,11 +81,15 @@ class Database:
 
 
 class Producer(threading.Thread):
-    """Insert consecutive ids, a few per transaction, until stopped (or its with block ends)."""
+    """Insert consecutive ids into *table*, a few per transaction, until stopped (or its
+    with block ends)."""
 
-    def __init__(self, database: Database, first: int = 1, per_transaction: int = 3) -> None:
+    def __init__(
+        self, database: Database, first: int = 1, per_transaction: int = 3, table: str = "tick"
+    ) -> None:
         super().__init__(daemon=True)
         self.database = database
+        self.table = table
         self.next_id = first
         self.per_transaction = per_transaction
         self.inserted: list[int] = []
@@ -94,7 +98,7 @@ class Producer(threading.Thread):
     def run(self) -> None:
         while not self._stopping.wait(0.005):
             last = self.next_id + self.per_transaction - 1
-            self.database.insert("tick", self.next_id, last)
+            self.database.insert(self.table, self.next_id, last)
             self.inserted.extend(range(self.next_id, last + 1))
             self.next_id = last + 1
 
