@@ -9,7 +9,8 @@ lowest primary key, the row sent next; its age is read from the model's
 between the app's hosts does not enter.
 
 :func:`signal_statuses` adds each model's trigger (see :mod:`signalbus.triggers`)
-and leaves the backlog of a missing table unmeasured: ``flask signalbus status``.
+and its rows in quarantine (see :mod:`signalbus.quarantine`), and leaves the
+backlog of a missing table unmeasured: ``flask signalbus status``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from .model import SignalModel, get_timestamp_column, signal_table
+from .quarantine import count_by_model
 from .triggers import TriggerStatus, check_signal_triggers
 
 if TYPE_CHECKING:
@@ -82,11 +84,13 @@ def measure_backlogs(
 
 @dataclass(frozen=True)
 class SignalStatus:
-    """One signal model's backlog and notification trigger."""
+    """One signal model's backlog, notification trigger and rows in quarantine."""
 
     trigger: TriggerStatus
     #: ``None`` when the model's table is missing.
     backlog: Backlog | None
+    #: Rows in quarantine; ``None`` when its database has no quarantine table.
+    quarantined: int | None
 
     @property
     def model(self) -> SignalModel:
@@ -97,7 +101,7 @@ class SignalStatus:
 def signal_statuses(
     signalbus: SignalBus, models: Sequence[SignalModel], channel: str
 ) -> list[SignalStatus]:
-    """Return the backlog and the trigger of each of *models*, in their order.
+    """Return the backlog, the trigger and the quarantined rows of each of *models*, in order.
 
     The triggers are checked against *channel* first: the backlog of a model
     whose table is missing is not measured. Raises
@@ -114,7 +118,10 @@ def signal_statuses(
         status.model: status for status in check_signal_triggers(signalbus.db, tables, channel)
     }
     backlogs = measure_backlogs(signalbus, [m for m in models if triggers[m].table_exists])
-    return [SignalStatus(triggers[model], backlogs.get(model)) for model in models]
+    quarantined = count_by_model(signalbus, models)
+    return [
+        SignalStatus(triggers[model], backlogs.get(model), quarantined[model]) for model in models
+    ]
 
 
 def _backlog_statement(models: list[SignalModel]) -> sa.CompoundSelect[Any]:

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -27,10 +28,20 @@ from .config import (
 )
 from .errors import ConfigurationError, OutageError, failure_details, one_line
 from .model import SignalModel, get_burst_count
+from .quarantine import (
+    NotQuarantinedError,
+    QuarantineMissingError,
+    count_by_model,
+    purge_selected,
+    quarantined_by_model,
+    requeue_selected,
+    table_key,
+)
 from .redaction import Redactor
 
 if TYPE_CHECKING:
     from .backlog import SignalStatus
+    from .quarantine import QuarantinedRow
 
 logger = logging.getLogger(__name__)
 
@@ -203,14 +214,19 @@ def signals_command() -> None:
 @signalbus_cli.command("pending")
 @with_appcontext
 def pending_command() -> None:
-    """Show how many signals of each type wait to be sent, and the total."""
+    """Show how many signals of each type wait to be sent, and the total.
+
+    A signal with rows in quarantine shows how many too: "BatchSignal: 3 (2 quarantined)".
+    """
     signalbus = get_signalbus()
-    total = 0
-    for model in signalbus.get_signal_models():
-        count = signalbus.pending_count(model)
-        total += count
-        click.echo(f"{model.__name__}: {count}")
-    click.echo(f"Total pending: {total}")
+    models = signalbus.get_signal_models()
+    counts = [signalbus.pending_count(model) for model in models]
+    quarantined = count_by_model(signalbus, models)
+    for model, count in zip(models, counts, strict=True):
+        in_quarantine = quarantined[model]
+        aside = f" ({in_quarantine} quarantined)" if in_quarantine else ""
+        click.echo(f"{model.__name__}: {count}{aside}")
+    click.echo(f"Total pending: {sum(counts)}")
 
 
 @signalbus_cli.command("config")
@@ -317,14 +333,16 @@ def status_command(signal_names: tuple[str, ...], as_json: bool) -> None:
     """Show the backlog and the trigger of SIGNAL_NAMES (all signals if none are given).
 
     One line per signal: its pending rows (counted up to 100,000: "100000+"),
-    the age of its oldest row ("-" without a signalbus_timestamp_column, rows,
-    or table), and its trigger, in the words of `flask signalbus triggers`;
-    then the total. A missing table's pending rows are "-".
+    its rows in quarantine (when it has some), the age of its oldest row ("-"
+    without a signalbus_timestamp_column, rows, or table), and its trigger, in
+    the words of `flask signalbus triggers`; then the total. A missing table's
+    pending rows are "-".
 
     --json prints {"signals": [...]} instead, an object per signal: "name",
     "table", "table_exists", "pending" (null when the table is missing),
     "pending_capped" (null likewise), "oldest_age_seconds" (null when unknown),
-    "trigger" (what `flask signalbus triggers` says) and "trigger_ok".
+    "trigger" (what `flask signalbus triggers` says), "trigger_ok" and
+    "quarantined" (null when the database has no quarantine table).
 
     Exits with status 1 unless every trigger is installed (as for `triggers`).
     """
@@ -349,7 +367,8 @@ def _status_line(status: SignalStatus) -> str:
     pending = "-" if backlog is None else backlog.describe_pending()
     age = "-" if backlog is None or backlog.oldest_age is None else f"{backlog.oldest_age:.1f} s"
     trigger = status.trigger.describe_trigger()
-    return f"{status.model.__name__}: {pending} pending, oldest {age}, {trigger}"
+    quarantined = f", {status.quarantined} quarantined" if status.quarantined else ""
+    return f"{status.model.__name__}: {pending} pending{quarantined}, oldest {age}, {trigger}"
 
 
 def _total_line(statuses: Sequence[SignalStatus]) -> str:
@@ -373,4 +392,186 @@ def _status_json(status: SignalStatus) -> dict[str, Any]:
         "oldest_age_seconds": None if age is None else round(age, 3),
         "trigger": status.trigger.describe(),
         "trigger_ok": status.trigger.ok,
+        "quarantined": status.quarantined,
+    }
+
+
+# The quarantine: the rows whose send kept failing on its own (see signalbus.quarantine).
+
+quarantine_ids_option = click.option(
+    "--id",
+    "ids",
+    type=int,
+    multiple=True,
+    metavar="ID",
+    help="Only the quarantined row #ID (as `flask signalbus quarantine` shows it); repeatable.",
+)
+all_quarantined_option = click.option(
+    "--all", "select_all", is_flag=True, help="Every quarantined row (of SIGNAL_NAMES, if given)."
+)
+
+
+@signalbus_cli.command("quarantine")
+@click.argument("signal_names", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead.")
+@with_appcontext
+def quarantine_command(signal_names: tuple[str, ...], as_json: bool) -> None:
+    """Show the rows of SIGNAL_NAMES (all signals if none are given) in quarantine.
+
+    A row goes to quarantine when its send has failed on its own as many times
+    as SIGNALBUS_MAX_ATTEMPTS says. A line per row, under a line per signal
+    that has some: its quarantine id (#ID, for --id of requeue and purge), its
+    primary key, its attempts, when they failed first and last, when it was
+    quarantined, and the last error. The row's values are never shown.
+
+    --json prints {"signals": [...]} instead, an object per signal: "name",
+    "table" and "rows", each with "id", "row_key", "attempts", "last_error",
+    "first_failed_at", "last_failed_at" and "quarantined_at" (ISO 8601, UTC).
+    """
+    models = resolve_signal_models(signal_names)
+    with reporting_quarantine_errors(signal_names, "shown"):
+        found = quarantined_by_model(get_signalbus(), models)
+    if as_json:
+        signals = [_quarantined_json(model, rows) for model, rows in found.items()]
+        click.echo(json.dumps({"signals": signals}, indent=2))
+        return
+    for model, rows in found.items():
+        if rows:
+            click.echo(f"{model.__name__} ({table_key(model)}): {len(rows)} quarantined")
+        for row in rows:
+            click.echo(f"  {_quarantined_line(row)}")
+    if not any(found.values()):
+        click.echo("No rows in quarantine.")
+
+
+@signalbus_cli.command("requeue")
+@click.argument("signal_names", nargs=-1)
+@quarantine_ids_option
+@all_quarantined_option
+@with_appcontext
+def requeue_command(signal_names: tuple[str, ...], ids: tuple[int, ...], select_all: bool) -> None:
+    """Put quarantined rows back into their tables, to be sent again.
+
+    The rows of SIGNAL_NAMES, those given with --id, or --all. Each goes back
+    exactly as it was, its primary key included, so its message keeps its
+    message_id: remove what made it fail first. One transaction per database.
+    A row whose key is taken again stays in quarantine, named on a line of its
+    own; the exit status is 1 then.
+    """
+    models, wanted = _quarantine_selection(signal_names, ids, select_all)
+    with reporting_quarantine_errors(signal_names, "requeued"):
+        requeued, conflicts = requeue_selected(get_signalbus(), models, wanted)
+    click.echo(f"Requeued {_rows(requeued)}.")
+    for conflict in conflicts:
+        row = conflict.row
+        click.echo(
+            f"#{row.id} {conflict.model.__name__} {_row_key(row)}:"
+            " its key is taken; it stays in quarantine",
+            err=True,
+        )
+    if conflicts:
+        raise SystemExit(1)
+
+
+@signalbus_cli.command("purge")
+@click.argument("signal_names", nargs=-1)
+@quarantine_ids_option
+@all_quarantined_option
+@click.option("--yes", is_flag=True, help="Delete them: there is no undoing it.")
+@with_appcontext
+def purge_command(
+    signal_names: tuple[str, ...], ids: tuple[int, ...], select_all: bool, yes: bool
+) -> None:
+    """Delete quarantined rows for good (they are not sent).
+
+    The rows of SIGNAL_NAMES, those given with --id, or --all; only with --yes.
+    One transaction per database.
+    """
+    models, wanted = _quarantine_selection(signal_names, ids, select_all)
+    if not yes:
+        raise click.UsageError("purge deletes rows for good; add --yes")
+    with reporting_quarantine_errors(signal_names, "purged"):
+        purged = purge_selected(get_signalbus(), models, wanted)
+    click.echo(f"Purged {_rows(purged)}.")
+
+
+def _quarantine_selection(
+    signal_names: Sequence[str], ids: Sequence[int], select_all: bool
+) -> tuple[list[SignalModel], list[int] | None]:
+    """The models and ids (``None``: every row of the models) requeue or purge acts on."""
+    if not (signal_names or ids or select_all):
+        raise click.UsageError("give signal names, --id or --all")
+    if ids and select_all:
+        raise click.UsageError("give --id or --all, not both")
+    return resolve_signal_models(signal_names), list(ids) or None
+
+
+@contextmanager
+def reporting_quarantine_errors(signal_names: Sequence[str], undone: str) -> Iterator[None]:
+    """Report a missing quarantine table (exit status 1) or bad ids (a usage error) on one line.
+
+    *undone* says what was not done to any row then: "requeued", "purged".
+    """
+    try:
+        yield
+    except QuarantineMissingError as error:
+        raise click.ClickException(str(error)) from None
+    except NotQuarantinedError as error:
+        problems = []
+        if error.missing:
+            of = f" of {', '.join(signal_names)}" if signal_names else ""
+            problems.append(f"No quarantined row {_ids(error.missing)}{of}")
+        if error.ambiguous:
+            problems.append(
+                f"{_ids(error.ambiguous)}: a quarantined row in more than one database"
+                " (name its signal)"
+            )
+        raise click.UsageError(f"{'; '.join(problems)}; nothing was {undone}.") from None
+
+
+def _ids(ids: Sequence[int]) -> str:
+    return ", ".join(f"#{record_id}" for record_id in ids)
+
+
+def _rows(count: int) -> str:
+    return f"{count} row{'s' * (count != 1)}"
+
+
+def _row_key(row: QuarantinedRow) -> str:
+    """``id=150``; ``shard=1 seqnum=2`` (strings in double quotes)."""
+    return " ".join(
+        f"{name}={json.dumps(value, ensure_ascii=False)}" for name, value in row.row_key.items()
+    )
+
+
+def _quarantined_line(row: QuarantinedRow) -> str:
+    attempts = f"{row.attempts} attempt{'s' * (row.attempts != 1)}"
+    first, last = _seconds(row.first_failed_at), _seconds(row.last_failed_at)
+    return (
+        f"#{row.id} {_row_key(row)}, {attempts} (first failed {first}, last {last}),"
+        f" quarantined {_seconds(row.quarantined_at)}: {row.last_error}"
+    )
+
+
+def _seconds(moment: datetime) -> str:
+    """``2026-12-01 07:01:02+00:00``: UTC, to the second."""
+    return moment.astimezone(UTC).replace(microsecond=0).isoformat(sep=" ")
+
+
+def _quarantined_json(model: SignalModel, rows: Sequence[QuarantinedRow]) -> dict[str, Any]:
+    return {
+        "name": model.__name__,
+        "table": table_key(model),
+        "rows": [
+            {
+                "id": row.id,
+                "row_key": row.row_key,
+                "attempts": row.attempts,
+                "last_error": row.last_error,
+                "first_failed_at": row.first_failed_at.astimezone(UTC).isoformat(),
+                "last_failed_at": row.last_failed_at.astimezone(UTC).isoformat(),
+                "quarantined_at": row.quarantined_at.astimezone(UTC).isoformat(),
+            }
+            for row in rows
+        ],
     }

@@ -319,9 +319,9 @@ def test_status_json_is_one_document_with_a_key_per_fact(app: Flask, invoke) -> 
     age = signals["BatchSignal"].pop("oldest_age_seconds")
     assert isinstance(age, float) and 90 <= age < 150
     table_and_trigger = {"table_exists": True, "trigger": "installed", "trigger_ok": True}
-    counts = {"pending": 2, "pending_capped": False}
+    counts = {"pending": 2, "pending_capped": False, "quarantined": 0}
     assert signals["BatchSignal"] == {"table": "batch_signal", **counts, **table_and_trigger}
-    counts = {"pending": 3, "pending_capped": False, "oldest_age_seconds": None}
+    counts = {"pending": 3, "pending_capped": False, "oldest_age_seconds": None, "quarantined": 0}
     assert signals["SingleSignal"] == {"table": "single_signal", **counts, **table_and_trigger}
     assert signals["CompositeSignal"]["pending"] == 0
 
@@ -401,6 +401,7 @@ def test_status_exits_1_on_a_missing_table_and_measures_the_others(app: Flask, i
         "oldest_age_seconds": None,
         "trigger": "table missing (hint: flask db upgrade)",
         "trigger_ok": False,
+        "quarantined": 0,
     }
 
 
