@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from .model import SignalModel, get_timestamp_column, signal_table
-from .quarantine import count_by_model
+from .quarantine import count_by_model, count_quarantined, has_quarantine, table_key
 from .triggers import TriggerStatus, check_signal_triggers
 
 if TYPE_CHECKING:
@@ -45,6 +45,8 @@ class Backlog:
     #: Seconds since the oldest row was recorded, when the model has a timestamp
     #: column and rows; else ``None``.
     oldest_age: float | None
+    #: Rows in quarantine (0 when its database has no quarantine table).
+    quarantined: int = 0
 
     @property
     def capped(self) -> bool:
@@ -61,7 +63,8 @@ def measure_backlogs(
     models: Iterable[SignalModel],
     connection_to: Callable[[Engine], Connection] | None = None,
 ) -> dict[SignalModel, Backlog]:
-    """Measure the backlog of each of *models*: one read-only statement per database.
+    """Measure the backlog of each of *models*: one read-only statement per database,
+    and one more to count the quarantined rows where the quarantine table exists.
 
     *connection_to*, when given, provides the connection to each database;
     otherwise one is taken from the engine's pool (needs an app context).
@@ -77,9 +80,17 @@ def measure_backlogs(
             else:
                 connection = connection_to(engine)
             with connection.begin():
-                for index, pending, oldest_age in connection.execute(statement):
-                    backlogs[group[index]] = Backlog(pending, oldest_age)
+                measured = connection.execute(statement).all()
+                quarantined = _quarantined(connection)
+            for index, pending, oldest_age in measured:
+                model = group[index]
+                backlogs[model] = Backlog(pending, oldest_age, quarantined.get(table_key(model), 0))
     return backlogs
+
+
+def _quarantined(connection: Connection) -> dict[str, int]:
+    """Quarantined rows by signal table; none in a database without the quarantine table."""
+    return count_quarantined(connection) if has_quarantine(connection) else {}
 
 
 @dataclass(frozen=True)

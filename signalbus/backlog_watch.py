@@ -70,7 +70,7 @@ class BacklogWatch:
         due = [
             model
             for model in self._models
-            if model in changed or model not in self._backlogs or self._backlogs[model][0].pending
+            if model in changed or model not in self._backlogs or _nonzero(self._backlogs[model][0])
         ]
         self._measured_at = now
         if not due:
@@ -83,7 +83,12 @@ class BacklogWatch:
         self._backlogs.update((model, (backlog, now)) for model, backlog in measured.items())
 
 
+def _nonzero(backlog: Backlog) -> bool:
+    """Rows pending or quarantined: they may go (a requeue or purge notifies no one)."""
+    return bool(backlog.pending or backlog.quarantined)
+
+
 def _aged(backlog: Backlog, seconds: float) -> Backlog:
     if backlog.oldest_age is None:
         return backlog
-    return Backlog(backlog.pending, backlog.oldest_age + seconds)
+    return Backlog(backlog.pending, backlog.oldest_age + seconds, backlog.quarantined)

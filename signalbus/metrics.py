@@ -57,6 +57,11 @@ class MetricsCollector(Collector):
             "Age of the next row to send, by its signalbus_timestamp_column (0 when none waits).",
             labels=["signal"],
         )
+        quarantined = GaugeMetricFamily(
+            "signalbus_quarantined_rows",
+            "Rows in quarantine, as last measured (see flask signalbus quarantine).",
+            labels=["signal"],
+        )
         flush = HistogramMetricFamily(
             "signalbus_flush_seconds",
             "One burst, from its DELETE to its COMMIT.",
@@ -78,6 +83,7 @@ class MetricsCollector(Collector):
             backlog = backlogs.get(name)
             if backlog is not None:
                 pending.add_metric([name], backlog.pending)
+                quarantined.add_metric([name], backlog.quarantined)
                 if signal.delivery_seconds is not None:
                     oldest.add_metric([name], backlog.oldest_age or 0.0)
         listening = GaugeMetricFamily(
@@ -87,7 +93,7 @@ class MetricsCollector(Collector):
         )
         for database, up in snapshot.listening.items():
             listening.add_metric([database], 1.0 if up else 0.0)
-        yield from (sent, failures, pending, oldest, flush, delivery, listening)
+        yield from (sent, failures, pending, oldest, quarantined, flush, delivery, listening)
 
 
 def metrics_registry(activity: Activity, backlogs: BacklogWatch) -> CollectorRegistry:

@@ -3,7 +3,8 @@
 :func:`check_databases` connects once to each database of the models to
 serve. A database that is not PostgreSQL, does not exist, or refuses the
 credentials, and one without the trigger function, make it raise
-:class:`StartupError`: a listener would retry for ever. A server that cannot
+:class:`StartupError`: a listener would retry for ever. An outdated trigger
+function, or a missing quarantine table, is a warning. A server that cannot
 be reached (refused, timed out, down) is not an error here: the listener
 retries it, and says so.
 """
@@ -20,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from .bus import SignalBus
 from .errors import SignalBusError, one_line
 from .model import SignalModel
+from .quarantine import QUARANTINE_TABLE, has_quarantine
 from .redaction import Redactor
 from .triggers import function_is_current
 
@@ -62,6 +64,7 @@ def _check_database(engine: Engine, redact: Redactor) -> None:
     try:
         with engine.connect() as connection:
             current = function_is_current(connection)
+            quarantine = has_quarantine(connection)
     except DBAPIError as error:
         failure = error.orig
         advice = permanent_failure(failure) if isinstance(failure, psycopg.Error) else None
@@ -79,5 +82,13 @@ def _check_database(engine: Engine, redact: Redactor) -> None:
         logger.warning(
             "The trigger function in %s is outdated: writers notify on every transaction"
             " (hint: flask db upgrade, or flask signalbus triggers --install).",
+            where,
+        )
+    if not quarantine:
+        logger.warning(
+            "The quarantine table %s is missing in %s: a row whose send keeps failing"
+            " holds the rows of its signal behind it (hint: flask db upgrade, or flask"
+            " signalbus triggers --install).",
+            QUARANTINE_TABLE,
             where,
         )

@@ -53,6 +53,8 @@ class SignalEntry(TypedDict):
     #: Whether *pending* is a lower bound (the count stopped there).
     pending_capped: bool
     oldest_age_seconds: float | None
+    #: Rows in quarantine; ``None`` until measured.
+    quarantined: int | None
     sent: int
     #: Averaged over the last minute.
     sent_per_second: float
@@ -88,6 +90,7 @@ def status_document(
                 "pending": None if backlog is None else backlog.pending,
                 "pending_capped": backlog is not None and backlog.capped,
                 "oldest_age_seconds": None if backlog is None else backlog.oldest_age,
+                "quarantined": None if backlog is None else backlog.quarantined,
                 "sent": signal.sent,
                 "sent_per_second": signal.rate,
                 "failures": signal.failures,
@@ -235,6 +238,7 @@ _COLUMNS = (
     ("Sent/s (1 min)", "num"),
     ("Sent", "num"),
     ("Failures (outage / row)", "num"),
+    ("Quarantined", "num"),
     ("State", ""),
 )
 
@@ -261,6 +265,7 @@ def _signal(signal: SignalEntry) -> str:
         ("rate num", f"{signal['sent_per_second']:.1f}"),
         ("sent num", signal["sent"]),
         ("failures num", f"{failures.get('outage', 0)} / {failures.get('row', 0)}"),
+        ("quarantined num", "-" if signal["quarantined"] is None else signal["quarantined"]),
         ("state " + ("bad" if failing else "good"), _state(signal)),
     )
     row = "".join(f'<td class="{css}">{_text(value)}</td>' for css, value in cells)

@@ -81,6 +81,8 @@ def test_row_failures_are_counted_and_readiness_follows_them(
     assert "the broker refused a Flaky message" in body["reasons"][0]
     wait_until(lambda: sample(scrape(base), "signalbus_pending_rows", signal="Flaky") == 3)
     assert sample(scrape(base), "signalbus_send_failures_total", signal="Flaky", kind="outage") == 0
+    # Every row fails: the failure is the model's, no row's, and none is quarantined.
+    assert sample(scrape(base), "signalbus_quarantined_rows", signal="Flaky") == 0
     assert probe(base, "healthz")[0] == 200
     fail_file.unlink()
     wait_until(lambda: probe(base, "readyz")[0] == 200, timeout=60, what="/readyz ready again")

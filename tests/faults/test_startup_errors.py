@@ -61,6 +61,17 @@ def test_a_missing_trigger_function_is_one_line_with_a_hint(
     assert line.endswith("(hint: flask db upgrade, or flask signalbus triggers --install)")
 
 
+def test_a_missing_quarantine_table_is_a_warning_and_the_rest_works(
+    spawn: Callable[..., ListenerProcess], database: Database
+) -> None:
+    database.execute("DROP TABLE signalbus_quarantine")
+    listener = spawn()
+    listener.wait_ready()
+    assert "The quarantine table signalbus_quarantine is missing in" in listener.output
+    database.insert("tick", 1)
+    wait_until(lambda: database.sent() == [1], what="a row sent all the same")
+
+
 def test_an_unreachable_server_is_retried_and_said_once(
     spawn: Callable[..., ListenerProcess], database_url: str
 ) -> None:

@@ -10,7 +10,7 @@ from flask import Flask
 
 from signalbus.backlog import PENDING_COUNT_LIMIT, Backlog, measure_backlogs
 from signalbus.errors import ConfigurationError
-from tests.models import BatchSignal, CompositeSignal, SingleSignal, db
+from tests.models import BatchSignal, CompositeSignal, SingleSignal, db, recorder
 
 pytestmark = pytest.mark.usefixtures("app_context")
 
@@ -65,3 +65,15 @@ def test_a_timestamp_column_that_is_not_a_datetime_is_a_configuration_error(
         ConfigurationError, match=r"BatchSignal.signalbus_timestamp_column .*inserted_at"
     ):
         measure_backlogs(db.signalbus, [BatchSignal])
+
+
+def test_quarantined_rows_are_counted_per_signal() -> None:
+    insert(BatchSignal, range(1, 11), payload="p")
+    recorder.bad.add(4)
+    db.signalbus.flushmany([BatchSignal])
+    backlogs = measure_backlogs(db.signalbus, [BatchSignal, SingleSignal])
+    assert backlogs[BatchSignal] == Backlog(0, None, quarantined=1)
+    assert backlogs[SingleSignal].quarantined == 0
+    db.session.execute(sa.text("DROP TABLE signalbus_quarantine"))
+    db.session.commit()
+    assert measure_backlogs(db.signalbus, [BatchSignal])[BatchSignal].quarantined == 0

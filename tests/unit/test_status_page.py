@@ -32,6 +32,7 @@ def signal(**fields: object) -> SignalEntry:
         "pending": 0,
         "pending_capped": False,
         "oldest_age_seconds": None,
+        "quarantined": 0,
         "sent": 0,
         "sent_per_second": 0.0,
         "failures": {"outage": 0, "row": 0},
@@ -147,16 +148,18 @@ def test_unknown_values_show_as_a_dash() -> None:
 def test_a_signal_at_work_shows_its_numbers() -> None:
     busy = signal(
         pending=12, oldest_age_seconds=75.0, sent=1234, sent_per_second=20.56,
-        failures={"outage": 2, "row": 1},
+        failures={"outage": 2, "row": 1}, quarantined=3,
     )  # fmt: skip
     page = render_page(document(busy))
-    shown = {name: cell(page, name) for name in ("pending", "oldest", "rate", "sent", "failures")}
+    names = ("pending", "oldest", "rate", "sent", "failures", "quarantined")
+    shown = {name: cell(page, name) for name in names}
     assert shown == {
         "pending": "12",
         "oldest": "1 min 15 s",
         "rate": "20.6",
         "sent": "1234",
         "failures": "2 / 1",
+        "quarantined": "3",
     }
 
 
