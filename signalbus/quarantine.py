@@ -250,15 +250,16 @@ def requeue(
     done, conflicts = [], []
     for row in list_quarantined(connection, names, ids):
         table = _qualified(signal_table(tables[row.signal_table]))
-        with connection.begin_nested():
-            inserted = connection.execute(
-                sa.text(
-                    f"INSERT INTO {table} SELECT * FROM jsonb_populate_record(NULL::{table},"
-                    " (SELECT row_values FROM signalbus_quarantine WHERE id = :id))"
-                    " ON CONFLICT DO NOTHING"
-                ),
-                {"id": row.id},
-            ).rowcount
+        inserted = connection.execute(
+            sa.text(
+                # The row's own key, even for a GENERATED ALWAYS identity column.
+                f"INSERT INTO {table} OVERRIDING SYSTEM VALUE"
+                f" SELECT * FROM jsonb_populate_record(NULL::{table},"
+                " (SELECT row_values FROM signalbus_quarantine WHERE id = :id))"
+                " ON CONFLICT DO NOTHING"
+            ),
+            {"id": row.id},
+        ).rowcount
         if inserted:
             connection.execute(sa.delete(_QUARANTINE).where(_QUARANTINE.c.id == row.id))
             done.append(row.id)
