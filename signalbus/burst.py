@@ -67,12 +67,16 @@ def build_delete_statement(model: SignalModel) -> ReturningDelete[Any]:
 
 
 def build_keyed_delete(model: SignalModel) -> ReturningDelete[Any]:
-    """``DELETE ... WHERE (pk) IN :keys RETURNING ...``: the rows with the given keys,
+    """``DELETE ... WHERE (pk) IN (SELECT pk ... WHERE (pk) IN :keys FOR UPDATE SKIP
+    LOCKED) RETURNING ...``: those rows with the given keys that no other flush holds,
     returned as the burst statement returns them (for :mod:`signalbus.isolation`)."""
     table = signal_table(model)
+    key = sa.tuple_(*table.primary_key.columns)
     keys: sa.BindParameter[Any] = sa.bindparam("keys", expanding=True)
-    picked = sa.tuple_(*table.primary_key.columns).in_(keys)
-    return sa.delete(table).where(picked).returning(*_returned_columns(model))
+    free = (
+        sa.select(*table.primary_key.columns).where(key.in_(keys)).with_for_update(skip_locked=True)
+    )
+    return sa.delete(table).where(key.in_(free)).returning(*_returned_columns(model))
 
 
 def _returned_columns(model: SignalModel) -> list[sa.Label[Any]]:
@@ -193,7 +197,8 @@ class BurstStatement:
         return burst
 
     def fetch_keys(self, connection: Connection, keys: Sequence[tuple[Any, ...]]) -> Burst:
-        """Delete the rows with primary keys *keys* that are still there, uncommitted."""
+        """Delete the rows with primary keys *keys* that are still there and that no other
+        transaction holds, uncommitted."""
         transaction = connection.begin()
         try:
             result = connection.execute(self.keyed_statement, {"keys": list(keys)})
