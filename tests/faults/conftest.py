@@ -1,4 +1,5 @@
-"""Fixtures of the fault tests: listener processes on a database of their own."""
+"""Fixtures of the fault tests: listener processes on a database of their own, and a
+virtual host of the session's own RabbitMQ node with a consumer (:mod:`tests.rabbitmq_broker`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from tests import listener_app
 from tests.listener_app import db
 from tests.listener_processes import Database, ListenerProcess
 from tests.proxies import FreezableProxy
+from tests.rabbitmq_broker import broker, broker_user, consumer  # noqa: F401 (fixtures)
 
 
 @pytest.fixture
