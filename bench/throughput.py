@@ -33,7 +33,7 @@ import os
 import statistics
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -102,15 +102,18 @@ def make_refapp_messages(app: Flask, count: int) -> list[Message]:
 
 
 @contextmanager
-def broker_topology(url: str) -> Iterator[tuple[str, Callable[[], int]]]:
-    """Declare a topic exchange and a bound durable queue; yield (exchange, purge)."""
+def broker_topology(
+    url: str, routing_keys: Sequence[str] = (ROUTING_KEY, BARE_ROUTING_KEY)
+) -> Iterator[tuple[str, Callable[[], int]]]:
+    """Declare a topic exchange and a durable queue bound with *routing_keys*;
+    yield (exchange, purge)."""
     name = f"signalbus-throughput-{uuid.uuid4().hex[:8]}"
     connection = pika.BlockingConnection(pika.URLParameters(url))
     channel = connection.channel()
     try:
         channel.exchange_declare(name, "topic", durable=True)
         channel.queue_declare(name, durable=True)
-        for key in (ROUTING_KEY, BARE_ROUTING_KEY):
+        for key in routing_keys:
             channel.queue_bind(name, name, key)
 
         def purge() -> int:
