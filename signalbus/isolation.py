@@ -6,11 +6,13 @@ rolled back and :class:`Isolation` sends it again in halves, and halves of
 the halves that fail, down to single rows. The rows of each part are deleted,
 sent and committed together, as in a burst; a part that fails is rolled back.
 
-A single row that fails is a suspect. Its failure counts only with evidence
-that the failure is the row's and not the model's: some other row of the
-isolated burst went out. Without it (every part failed, or
-:data:`PROBES_BEFORE_EVIDENCE` parts failed before any went out) the
-original error propagates and the model backs off, nothing counted. A burst
+The parts of each level are tried before the halves of those that failed
+(breadth first). A single row that fails is a suspect. Its failure counts
+only with evidence that the failure is the row's and not the model's: some
+other row of the isolated burst went out. Without it (every part failed, or
+more parts failed before any went out than :data:`PROBES_BEFORE_EVIDENCE`
+plus the levels of halving a burst of its size can have) the original error
+propagates and the model backs off, nothing counted. A burst
 of one row is isolated together with the row right behind it, if there is
 one, for that evidence.
 
@@ -22,6 +24,7 @@ moves it to quarantine in the transaction that deletes it from its table.
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +43,8 @@ __all__ = ["PROBES_BEFORE_EVIDENCE", "Isolation", "IsolationResult", "is_outage"
 
 logger = logging.getLogger("signalbus.listener")
 
-#: Failed parts allowed before any row went out; one more, and the failure is the model's.
+#: Failed parts allowed before any row went out, on top of one per level of halving
+#: (10 for 1000 rows); one more, and the failure is the model's.
 PROBES_BEFORE_EVIDENCE = 8
 
 Key = tuple[Any, ...]
@@ -100,22 +104,28 @@ class Isolation:
         return self._result
 
     def _split(self, keys: list[Key], error: Exception) -> list[tuple[Key, Exception]]:
-        """Send *keys* in ever smaller parts; return the single rows that failed, and how."""
+        """Send *keys* in ever smaller parts; return the single rows that failed, and how.
+
+        Breadth first: every part of a level is tried before the halves of those
+        that failed, so that a part that goes out (the evidence) comes early,
+        wherever the bad rows are.
+        """
         suspects: list[tuple[Key, Exception]] = []
-        parts, probes = _halves(keys), 0
+        parts = collections.deque(_halves(keys))
+        probes, most_probes = 0, PROBES_BEFORE_EVIDENCE + len(keys).bit_length()
         while parts:
-            part = parts.pop(0)
+            part = parts.popleft()
             failure = self._send_part(part)
             if failure is None:
                 continue
             if not self._result.sent:
                 probes += 1
-                if probes > PROBES_BEFORE_EVIDENCE:
+                if probes > most_probes:
                     raise error
             if len(part) == 1:
                 suspects.append((part[0], failure))
             else:
-                parts[:0] = _halves(part)
+                parts.extend(_halves(part))
         return suspects
 
     def _send_part(self, keys: Sequence[Key]) -> Exception | None:

@@ -230,13 +230,6 @@ def test_a_listener_killed_mid_isolation_loses_nothing(relay: Relay) -> None:
     assert relay.rejected(second).count(1) == MAX_ATTEMPTS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a suspect left first in the table by a killed listener is never isolated again: "
-    "its burst's first half fails, and every first half of that, more than "
-    "PROBES_BEFORE_EVIDENCE (8) times before any part goes out (bursts over 256 rows), "
-    "so the model backs off for ever and the rows behind it wait",
-)
 def test_a_listener_killed_while_retrying_a_bad_row_alone_loses_nothing(relay: Relay) -> None:
     bad = 2 * BURST
     good = relay.insert(5 * BURST, bad, NOT_JSON)

@@ -183,7 +183,7 @@ def test_requeue_puts_the_row_back_exactly_and_purge_deletes() -> None:
     assert pending() == []
     tables = {table_key(BatchSignal): BatchSignal, table_key(SingleSignal): SingleSignal}
     with db.engine.begin() as connection:
-        [two, three] = list_quarantined(connection)
+        two, three = sorted(list_quarantined(connection), key=lambda row: row.row_key["id"])
         result = requeue(connection, tables, ids=[two.id])
     assert result.done == [two.id] and result.conflicts == []
     after = db.session.execute(sa.text("SELECT * FROM batch_signal WHERE id = 2")).one()
@@ -199,3 +199,23 @@ def test_requeue_puts_the_row_back_exactly_and_purge_deletes() -> None:
     with db.engine.begin() as connection:
         assert purge(connection, ids=[three.id]) == 1
         assert list_quarantined(connection) == []
+
+
+def test_a_bad_row_first_in_a_big_burst_is_isolated_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every first half of its burst fails: ten levels of halving before a part goes out.
+    monkeypatch.setattr(BatchSignal, "signalbus_burst_count", 1000)
+    insert(2000)
+    recorder.bad.add(1001)
+    assert db.signalbus.flushmany([BatchSignal]) == 1999
+    assert quarantine_records()[0][:3] == ("batch_signal", {"id": 1001}, 5)
+
+
+def test_several_bad_rows_spread_through_a_burst_are_all_isolated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(BatchSignal, "signalbus_burst_count", 1000)
+    insert(1000)
+    bad = set(range(50, 1000, 100))  # one in every tenth of the burst
+    recorder.bad.update(bad)
+    assert db.signalbus.flushmany([BatchSignal]) == 990
+    assert {record[1]["id"] for record in quarantine_records()} == bad
