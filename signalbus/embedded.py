@@ -43,6 +43,7 @@ import importlib.util
 import logging
 import os
 import pwd
+import random
 import secrets
 import shlex
 import shutil
@@ -476,10 +477,21 @@ def _stop_server(bin_dir: Path, pgdata: Path, account: _Account, timeout: float)
     _run(bin_dir, "pg_ctl", pgdata, account, timeout, *args)
 
 
+#: Ports are picked below Linux's default ephemeral range: a client retrying to
+#: connect to a stopped server's port from that range can connect to itself (TCP
+#: simultaneous open) and take the port, so that the server cannot start on it again.
+_PORTS = range(20000, 32768)
+
+
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    while True:
+        port = random.choice(_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+            return port
 
 
 def _log_tail(pgdata: Path, lines: int = 20) -> str:

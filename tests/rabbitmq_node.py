@@ -14,6 +14,7 @@ Load the fixtures with ``pytest_plugins = ["tests.rabbitmq_node"]`` in ``tests/c
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -51,16 +52,29 @@ class Ports:
     epmd: int
 
 
+#: Ports are picked below this one, out of Linux's default ephemeral range (32768 up).
+#: A client retrying to connect to a stopped node's port from the ephemeral range can
+#: connect to itself when the kernel picks that very port as its own (TCP simultaneous
+#: open): the port is then taken, and the node cannot listen on it again.
+EPHEMERAL_PORTS_START = 32768
+
+
 def free_ports(count: int) -> list[int]:
-    """Return *count* distinct TCP ports that were free on ``127.0.0.1`` a moment ago."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind((HOST, 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    """Return *count* distinct TCP ports, free on ``127.0.0.1`` a moment ago, below the
+    ephemeral range (see :data:`EPHEMERAL_PORTS_START`)."""
+    chosen: list[int] = []
+    pick = random.Random()
+    while len(chosen) < count:
+        port = pick.randrange(20000, EPHEMERAL_PORTS_START)
+        if port in chosen:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+        chosen.append(port)
+    return chosen
 
 
 def find_scripts() -> Path:
