@@ -1,7 +1,7 @@
 """Benchmark: commit-to-send latency of ``flask signalbus listen``, and its idle cost.
 
     python -m bench.latency [--rates 200,1000] [--duration 15] [--idle 60] [--runs 1]
-                            [--protocols new]
+                            [--protocols new] [--metrics]
 
 A ``flask signalbus listen`` process (the real CLI, default options) serves
 one signal model in a throwaway database, with the notification trigger
@@ -39,17 +39,31 @@ protocol; ``classic``, :data:`bench.wake.CLASSIC_FUNCTION` installed once the
 schema is, and a listener with ``SIGNALBUS_ALWAYS_NOTIFY``. The statistics are
 printed per protocol and, with both, the ratios new/classic of the p50 and p99
 of ``insert->send``.
+
+``--metrics`` measures, for each protocol, two listeners in every run (their
+order alternating too): one without a metrics port, and one with
+``--metrics-port 0`` that a scraper process GETs ``/metrics`` from every
+second, like Prometheus, for as long as it runs. It also measures the
+listener's CPU time (all threads, ``/proc/<pid>/stat``) from the start of
+producing until every row is sent, per row; it prints each run's p50 and p99
+of ``insert->send`` and CPU per row, the medians per listener, and the ratios
+with/without the port of the p50, the p99 and the CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import re
 import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Sequence
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -58,6 +72,7 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
 from bench.database import bench_database, server_url
+from bench.e2e_latency import cpu_seconds
 from bench.idle import measure_idle
 from bench.process import LoggedProcess
 from bench.stats import format_stats, median_stats, percentiles
@@ -124,13 +139,38 @@ def create_schema(database_url: str) -> None:
         db.engine.dispose()
 
 
+#: A listener measured: its protocol, and whether it serves (scraped) metrics.
+Variant = tuple[str, bool]
+#: Seconds between two scrapes of ``/metrics``, as Prometheus's default is 15 s, or 1 s here.
+SCRAPE_INTERVAL = 1.0
+SERVING = re.compile(r"Serving metrics, probes and the status page on (http://\S+/)")
+
+
+def scrape(url: str, scraped: Event) -> None:
+    """Scraper process: GET *url* every :data:`SCRAPE_INTERVAL` s; set *scraped* once it worked.
+
+    Exits on the first failed GET, until then runs until terminated.
+    """
+    while True:
+        started = time.monotonic()
+        with urllib.request.urlopen(url, timeout=5) as response:
+            if b"signalbus_sent" not in response.read():
+                raise RuntimeError(f"{url}: no signalbus_sent metric")
+        scraped.set()
+        time.sleep(max(0.0, started + SCRAPE_INTERVAL - time.monotonic()))
+
+
 class ListenerProcess(LoggedProcess):
     """``flask signalbus listen`` in a subprocess, its log in a file.
 
-    *protocol* (of :data:`bench.wake.PROTOCOLS`) sets its environment.
+    *protocol* (of :data:`bench.wake.PROTOCOLS`) sets its environment. With
+    *metrics* it gets ``--metrics-port 0``, and a scraper process GETs its
+    ``/metrics`` every :data:`SCRAPE_INTERVAL` s until :meth:`stop`.
     """
 
-    def __init__(self, database_url: str, workdir: Path, protocol: str = "new") -> None:
+    def __init__(
+        self, database_url: str, workdir: Path, protocol: str = "new", metrics: bool = False
+    ) -> None:
         self.sent_file = workdir / "sent"
         env = {
             **os.environ,
@@ -139,7 +179,30 @@ class ListenerProcess(LoggedProcess):
             "BENCH_SENT_FILE": str(self.sent_file),
         }
         command = [sys.executable, "-m", "flask", "--app", "bench.latency", "signalbus", "listen"]
-        super().__init__(command, env, workdir / "listener.log")
+        super().__init__(command + ["--metrics-port", "0"] * metrics, env, workdir / "listener.log")
+        self.scraper: BaseProcess | None = None
+        if metrics:
+            match = SERVING.search(self.log_file.read_text())
+            assert match, "the listener logged no metrics port"
+            context = multiprocessing.get_context("spawn")
+            scraped = context.Event()
+            url = match[1] + "metrics"
+            self.scraper = context.Process(target=scrape, args=(url, scraped), daemon=True)
+            self.scraper.start()
+            if not scraped.wait(30):
+                self.stop()
+                raise RuntimeError(f"no scrape of {url} worked within 30 s")
+
+    def stop(self) -> None:
+        """Stop the scraper, checking that its scrapes kept working; then the listener."""
+        scraper, self.scraper = self.scraper, None
+        if scraper is not None:
+            failed = scraper.exitcode is not None
+            scraper.terminate()
+            scraper.join()
+        super().stop()
+        if scraper is not None and failed:
+            raise RuntimeError("a scrape of /metrics failed; see the output above")
 
     def sent_times(self) -> dict[int, float]:
         if not self.sent_file.exists():
@@ -173,6 +236,7 @@ def produce(conninfo: str, rate: float, duration: float) -> dict[int, tuple[floa
 def measure_rate(
     conninfo: str, listener: ListenerProcess, rate: float, duration: float
 ) -> dict[str, dict[str, float]]:
+    cpu_started = cpu_seconds(listener.process.pid)
     started = time.monotonic()
     produced = produce(conninfo, rate, duration)
     achieved = len(produced) / (time.monotonic() - started)
@@ -181,24 +245,27 @@ def measure_rate(
         if time.monotonic() > deadline:
             raise RuntimeError("some rows were not sent within 30 s")
         time.sleep(0.1)
+    cpu = cpu_seconds(listener.process.pid) - cpu_started
     in_ms = {
         "insert->send": [(sent[i] - before) * 1000 for i, (before, _) in produced.items()],
         "ack->send": [(sent[i] - acked) * 1000 for i, (_, acked) in produced.items()],
     }
     result = {name: percentiles(values) for name, values in in_ms.items()}
     result["rate"] = {"achieved": achieved}
+    result["cpu"] = {"µs/row": cpu * 1e6 / len(produced)}
     return result
 
 
-def run(rates: Sequence[float], duration: float, idle: float, protocol: str) -> dict[str, Any]:
-    """Measure *protocol* once: the idle phase, then each rate, on a fresh database."""
+def run(rates: Sequence[float], duration: float, idle: float, variant: Variant) -> dict[str, Any]:
+    """Measure *variant* once: the idle phase, then each rate, on a fresh database."""
+    protocol, metrics = variant
     name = f"signalbus_bench_latency_{os.getpid()}"
     with bench_database(name) as database_url, tempfile.TemporaryDirectory() as workdir:
         create_schema(database_url)
         if protocol == "classic":
             install_classic_function(libpq_conninfo(database_url))
         server = libpq_conninfo(server_url())
-        listener = ListenerProcess(database_url, Path(workdir), protocol)
+        listener = ListenerProcess(database_url, Path(workdir), protocol, metrics)
         try:
             results: dict[str, Any] = {}
             if idle > 0:
@@ -212,34 +279,66 @@ def run(rates: Sequence[float], duration: float, idle: float, protocol: str) -> 
 
 
 def run_all(
-    rates: Sequence[float], duration: float, idle: float, protocols: Sequence[str], runs: int
-) -> dict[str, list[dict[str, Any]]]:
-    """Run each protocol *runs* times, their order alternating between runs; map them to runs."""
-    results: dict[str, list[dict[str, Any]]] = {protocol: [] for protocol in protocols}
+    rates: Sequence[float],
+    duration: float,
+    idle: float,
+    variants: Sequence[Variant],
+    runs: int,
+    verbose: bool = False,
+) -> dict[Variant, list[dict[str, Any]]]:
+    """Run each variant *runs* times, their order alternating between runs; map them to runs.
+
+    *verbose* prints each run's p50 and p99 of ``insert->send`` and CPU per row.
+    """
+    results: dict[Variant, list[dict[str, Any]]] = {variant: [] for variant in variants}
     for number in range(1, runs + 1):
-        order = protocols if number % 2 else protocols[::-1]
-        for protocol in order:
-            results[protocol].append(run(rates, duration, idle, protocol))
+        order = variants if number % 2 else variants[::-1]
+        for variant in order:
+            results[variant].append(result := run(rates, duration, idle, variant))
+            for rate in rates if verbose else ():
+                stats, cpu = result[rate]["insert->send"], result[rate]["cpu"]["µs/row"]
+                print(
+                    f"run {number}, {variant_name(variant)}, {rate:g} rows/s: insert->send"
+                    f" p50 {stats['p50']:.3f} p99 {stats['p99']:.3f} ms, CPU {cpu:.0f} µs/row"
+                )
     return results
 
 
-def report(runs: list[dict[str, Any]], rates: Sequence[float], idle: float) -> None:
-    """Print the medians over *runs* (of one protocol) of each rate, and the idle counts."""
+def variant_name(variant: Variant) -> str:
+    protocol, metrics = variant
+    return f"{protocol}, --metrics-port 0 scraped" if metrics else protocol
+
+
+def report(runs: list[dict[str, Any]], rates: Sequence[float], idle: float, cpu: bool) -> None:
+    """Print the medians over *runs* (of one variant) of each rate, and the idle counts.
+
+    With *cpu*, also the listener's CPU per row.
+    """
     for rate in rates:
         achieved = statistics.median(run[rate]["rate"]["achieved"] for run in runs)
         print(f"{rate:g} rows/s (achieved {achieved:.0f}/s), ms, median of {len(runs)} run(s):")
-        for name in ("insert->send", "ack->send"):
-            stats = median_stats([run[rate][name] for run in runs])
-            print(f"  {name:13} {format_stats(stats)}")
+        for key in ("insert->send", "ack->send"):
+            stats = median_stats([run[rate][key] for run in runs])
+            print(f"  {key:13} {format_stats(stats)}")
+        if cpu:
+            per_row = statistics.median(run[rate]["cpu"]["µs/row"] for run in runs)
+            print(f"  listener CPU {per_row:.0f} µs/row")
     if idle > 0:
         counts = [run["idle"] for run in runs]
         print(f"idle: {counts} transactions in {idle:g} s (median {statistics.median(counts):g})")
 
 
 def report_ratios(
-    new: list[dict[str, Any]], classic: list[dict[str, Any]], rates: Sequence[float]
+    new: list[dict[str, Any]],
+    classic: list[dict[str, Any]],
+    rates: Sequence[float],
+    label: str = "new/classic",
+    cpu: bool = False,
 ) -> None:
-    """Print, per rate, new/classic of the medians of ``insert->send``'s p50 and p99."""
+    """Print, per rate, new/classic of the medians of ``insert->send``'s p50 and p99.
+
+    *label* names the ratio; with *cpu*, that of the listener's CPU per row follows.
+    """
     for rate in rates:
         new_stats, classic_stats = (
             median_stats([run[rate]["insert->send"] for run in runs]) for runs in (new, classic)
@@ -247,7 +346,13 @@ def report_ratios(
         ratios = ", ".join(
             f"{key} {new_stats[key] / classic_stats[key]:.2f}" for key in ("p50", "p99")
         )
-        print(f"new/classic, {rate:g} rows/s, insert->send: {ratios}")
+        if cpu:
+            new_cpu, classic_cpu = (
+                statistics.median(run[rate]["cpu"]["µs/row"] for run in runs)
+                for runs in (new, classic)
+            )
+            ratios += f"; listener CPU/row {new_cpu / classic_cpu:.2f}"
+        print(f"{label}, {rate:g} rows/s, insert->send: {ratios}")
 
 
 def parse_protocols(text: str) -> list[str]:
@@ -273,15 +378,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=["new"],
         help=f"wake-ups to measure, comma-separated, of {','.join(PROTOCOLS)} (default: new)",
     )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="also measure each listener with --metrics-port 0, /metrics scraped every second",
+    )
     args = parser.parse_args(argv)
     rates = [float(rate) for rate in args.rates.split(",")]
-    results = run_all(rates, args.duration, args.idle, args.protocols, args.runs)
-    for protocol, runs in results.items():
-        if args.protocols != ["new"]:
-            print(f"protocol {protocol}:")
-        report(runs, rates, args.idle)
-    if len(results) == len(PROTOCOLS):
-        report_ratios(results["new"], results["classic"], rates)
+    ports = (False, True) if args.metrics else (False,)
+    variants = [(protocol, metrics) for protocol in args.protocols for metrics in ports]
+    results = run_all(rates, args.duration, args.idle, variants, args.runs, args.metrics)
+    for variant, runs in results.items():
+        if len(variants) > 1 or args.protocols != ["new"]:
+            print(f"protocol {variant_name(variant)}:")
+        report(runs, rates, args.idle, args.metrics)
+    if len(args.protocols) == len(PROTOCOLS):
+        report_ratios(results["new", False], results["classic", False], rates)
+    for protocol in args.protocols if args.metrics else ():
+        with_port, without = results[protocol, True], results[protocol, False]
+        report_ratios(with_port, without, rates, f"{protocol}: with/without metrics", cpu=True)
 
 
 if __name__ == "__main__":
