@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import sqlalchemy as sa
+
 from .model import SignalModel, get_timestamp_column
 from .progress import ProgressLog
 
@@ -209,9 +211,12 @@ class Activity:
 def _new_signal(model: SignalModel) -> _Signal:
     column = get_timestamp_column(model)
     snapshot = SignalSnapshot(model.__name__)
-    if column is not None:
-        snapshot.delivery_seconds = Histogram(DELIVERY_BUCKETS)
-    return _Signal(snapshot, None if column is None else column.name)
+    if column is None:
+        return _Signal(snapshot, None)
+    snapshot.delivery_seconds = Histogram(DELIVERY_BUCKETS)
+    # The burst's rows are labelled with the model's attribute names.
+    mapper: sa.orm.Mapper[Any] = sa.inspect(model)
+    return _Signal(snapshot, mapper.get_property_by_column(column).key)
 
 
 def _ages(rows: Sequence[Any], timestamp: str) -> list[float]:

@@ -16,12 +16,15 @@ from collections.abc import Callable, Sequence
 from .backlog import Backlog
 from .model import SignalModel
 
-__all__ = ["BACKLOG_REFRESH", "BacklogWatch", "Measure"]
+__all__ = ["BACKLOG_REFRESH", "QUARANTINE_REFRESH", "BacklogWatch", "Measure"]
 
 logger = logging.getLogger(__name__)
 
 #: Seconds at least between two measurements of a listener's backlogs.
 BACKLOG_REFRESH = 5.0
+
+#: Seconds at least between two measurements of a signal with only quarantined rows.
+QUARANTINE_REFRESH = 60.0
 
 
 Measure = Callable[[Sequence[SignalModel]], dict[SignalModel, Backlog]]
@@ -32,10 +35,12 @@ class BacklogWatch:
     and only for the models whose tables may have changed.
 
     *changed* returns (and forgets) the models that got notifications, sent or
-    failed since it was last called; a model measured with rows is measured
-    again until it has none. So against an idle database, asking runs no
-    statement at all. A failed measurement keeps the previous values (logged
-    at DEBUG): it is a view, and the listener reports its outages itself.
+    failed since it was last called; a model measured with pending rows is
+    measured again until it has none. So against an idle database, asking runs
+    no statement at all; with rows in quarantine (which a purge may remove,
+    notifying no one), one every :data:`QUARANTINE_REFRESH` seconds. A failed
+    measurement keeps the previous values (logged at DEBUG) and the models it
+    was for stay due: it is a view, and the listener reports its outages itself.
     """
 
     def __init__(
@@ -54,6 +59,8 @@ class BacklogWatch:
         self._lock = threading.Lock()
         self._backlogs: dict[SignalModel, tuple[Backlog, float]] = {}
         self._measured_at: float | None = None
+        #: Changed models whose measurement failed: due again.
+        self._unmeasured: set[SignalModel] = set()
 
     def current(self) -> dict[SignalModel, Backlog]:
         """The latest backlog of each model measured so far, oldest ages brought up to now."""
@@ -66,12 +73,8 @@ class BacklogWatch:
             }
 
     def _measure_due(self, now: float) -> None:
-        changed = self._changed()
-        due = [
-            model
-            for model in self._models
-            if model in changed or model not in self._backlogs or _nonzero(self._backlogs[model][0])
-        ]
+        changed = self._changed() | self._unmeasured
+        due = [model for model in self._models if model in changed or self._stale(model, now)]
         self._measured_at = now
         if not due:
             return
@@ -79,13 +82,19 @@ class BacklogWatch:
             measured = self._measure(due)
         except Exception as error:
             logger.debug("Measuring the backlogs failed: %s", error)
+            self._unmeasured = changed
             return
+        self._unmeasured = set()
         self._backlogs.update((model, (backlog, now)) for model, backlog in measured.items())
 
-
-def _nonzero(backlog: Backlog) -> bool:
-    """Rows pending or quarantined: they may go (a requeue or purge notifies no one)."""
-    return bool(backlog.pending or backlog.quarantined)
+    def _stale(self, model: SignalModel, now: float) -> bool:
+        """Never measured, pending rows that go, or quarantined rows not looked at for long."""
+        if model not in self._backlogs:
+            return True
+        backlog, at = self._backlogs[model]
+        return bool(backlog.pending) or (
+            bool(backlog.quarantined) and now - at >= QUARANTINE_REFRESH
+        )
 
 
 def _aged(backlog: Backlog, seconds: float) -> Backlog:

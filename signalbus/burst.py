@@ -199,6 +199,7 @@ class BurstStatement:
     def fetch_keys(self, connection: Connection, keys: Sequence[tuple[Any, ...]]) -> Burst:
         """Delete the rows with primary keys *keys* that are still there and that no other
         transaction holds, uncommitted."""
+        started = time.monotonic()
         transaction = connection.begin()
         try:
             result = connection.execute(self.keyed_statement, {"keys": list(keys)})
@@ -207,7 +208,7 @@ class BurstStatement:
             transaction.rollback()
             raise
         burst = _CoreBurst(rows, connection, transaction)
-        burst.started = time.monotonic()
+        burst.started = started
         return burst
 
     def _fetch_on_core(self, connection: Connection, burst_count: int) -> Burst:

@@ -15,7 +15,7 @@ from .atomic import check_mixed_into_sqlalchemy, check_mixin_order
 from .config import DEFAULT_CONFIG, max_attempts_setting
 from .connections import PooledConnections
 from .conninfo import connection_defaults
-from .errors import NotASignalModelError
+from .errors import NotASignalModelError, one_line
 from .flush import BurstObserver, ModelFlusher
 from .model import SignalModel, is_signal_model, lacks_single_send, signal_table
 from .quarantine import quarantine_table
@@ -109,7 +109,8 @@ class SignalBus:
         """Return the :class:`~signalbus.flush.ModelFlusher` of *model* (made once)."""
         flusher = self._flushers.get(model)
         if flusher is None:
-            flusher = self._flushers[model] = ModelFlusher(model, _configured_max_attempts)
+            flusher = ModelFlusher(model, _configured_max_attempts, self._describe_failure)
+            self._flushers[model] = flusher
         return flusher
 
     def models_with_rows(
@@ -161,6 +162,10 @@ class SignalBus:
     def engine_for(self, model: SignalModel) -> Engine:
         """Return the engine of *model*'s bind (needs an app context)."""
         return self.db.engines[signal_table(model).metadata.info.get("bind_key")]
+
+    def _describe_failure(self, error: BaseException) -> str:
+        """*error* on one line, the passwords of the app's databases masked."""
+        return self.redactor()(one_line(error))
 
     def redactor(self) -> Redactor:
         """Return a redactor of the passwords of every database of the app (needs an app context).

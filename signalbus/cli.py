@@ -25,9 +25,10 @@ from .config import (
     WORKERS,
     channel_setting,
     effective_settings,
+    max_attempts_setting,
 )
 from .errors import ConfigurationError, OutageError, failure_details, one_line
-from .model import SignalModel, get_burst_count
+from .model import SignalModel, get_burst_count, get_max_attempts, get_timestamp_column
 from .quarantine import (
     NotQuarantinedError,
     QuarantineMissingError,
@@ -116,13 +117,18 @@ def reporting_bad_configuration() -> Iterator[None]:
         raise click.ClickException(f"Bad configuration: {error}") from None
 
 
-def check_burst_counts(models: Sequence[SignalModel]) -> None:
-    """Report a bad ``signalbus_burst_count`` as a one-line error (exit status 1)."""
-    for model in models:
-        try:
+def check_model_settings(models: Sequence[SignalModel]) -> None:
+    """Report a bad ``signalbus_burst_count``, ``signalbus_max_attempts`` or
+    ``signalbus_timestamp_column`` of *models*, or a bad ``SIGNALBUS_MAX_ATTEMPTS``, as
+    a one-line error (exit status 1): before anything is sent, not at the first bad row."""
+    try:
+        max_attempts = max_attempts_setting(current_app.config)
+        for model in models:
             get_burst_count(model)
-        except ConfigurationError as error:
-            raise click.ClickException(str(error)) from None
+            get_max_attempts(model, max_attempts)
+            get_timestamp_column(model)
+    except ConfigurationError as error:
+        raise click.ClickException(str(error)) from None
 
 
 def flush_each(
@@ -186,7 +192,7 @@ def _flush_model(signalbus: SignalBus, model: SignalModel) -> int:
 def flushmany_command(signal_names: tuple[str, ...], repeat: float | None) -> None:
     """Send the pending signals of SIGNAL_NAMES (all signals if none are given)."""
     models = resolve_signal_models(signal_names)
-    check_burst_counts(models)
+    check_model_settings(models)
     signalbus = get_signalbus()
     while True:
         started = time.monotonic()
@@ -285,7 +291,7 @@ def listen_command(
     models = resolve_signal_models(signal_names)
     if not models:
         raise click.ClickException("There are no signals to listen for.")
-    check_burst_counts(models)
+    check_model_settings(models)
     with reporting_bad_configuration():
         listener = listener_from_config(
             get_signalbus(),

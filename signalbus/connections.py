@@ -65,14 +65,20 @@ class BurstConnections:
             self._prefetcher = ThreadPoolExecutor(1, "signalbus-prefetch")
         return self._prefetcher
 
-    def close(self) -> None:
-        """Close (or give back) the connections and stop the prefetching thread."""
+    def close(self, end_sessions: bool = False) -> None:
+        """Close (or give back) the connections and stop the prefetching thread.
+
+        With *end_sessions*, pooled connections are not given back but closed
+        for good: their sessions end, and the session locks they hold go.
+        """
         if self._prefetcher is not None:
             self._prefetcher.shutdown()
             self._prefetcher = None
         connections, self._connections = self._connections, []
         for connection in connections:
             with contextlib.suppress(Exception):  # a dead connection is closed anyway
+                if end_sessions:
+                    connection.invalidate()
                 connection.close()
 
     def _open(self) -> Connection:

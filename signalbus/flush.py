@@ -7,6 +7,7 @@ through :class:`ModelFlusher`.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from .atomic import retry_on_deadlock
 from .awake import AWAKE_MIN_ROWS, Awake
 from .burst import Burst, BurstStatement
 from .connections import BurstConnections
+from .errors import one_line
 from .isolation import Isolation, IsolationResult, is_outage
 from .model import (
     SignalModel,
@@ -30,6 +32,8 @@ from .model import (
 from .ordering import ORDERED_RETRY, OrderedLock
 
 __all__ = ["BurstObserver", "FlushResult", "ModelFlusher"]
+
+logger = logging.getLogger(__name__)
 
 #: Called with the model, the rows and the ``time.monotonic()`` at which the burst's
 #: statement started, once a burst was committed.
@@ -71,12 +75,19 @@ class ModelFlusher:
     first. If a send fails, both are rolled back.
     """
 
-    def __init__(self, model: SignalModel, max_attempts: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        model: SignalModel,
+        max_attempts: Callable[[], int],
+        describe: Callable[[BaseException], str] = one_line,
+    ) -> None:
         """*max_attempts* gives the attempts of a row failing alone before it is
-        quarantined, unless the model's ``signalbus_max_attempts`` says otherwise."""
+        quarantined, unless the model's ``signalbus_max_attempts`` says otherwise;
+        *describe* the line a quarantined row's error is kept and logged as."""
         self.model = model
         self.statement = BurstStatement(model)
         self._max_attempts = max_attempts
+        self._describe = describe
         table = signal_table(model)
         self._ordered_lock = OrderedLock(table.schema, table.name)
 
@@ -185,12 +196,14 @@ class ModelFlusher:
                 _roll_back_when_done(upcoming)
 
     def _release_ordered(self, connections: BurstConnections) -> None:
-        """Give the ordered lock back; should that fail, close the connections (and the lock
-        goes with their session)."""
+        """Give the ordered lock back; should that fail, end the connections' sessions (and
+        the lock goes with its session)."""
         try:
             self._ordered_lock.release(connections.get(0), connections.on_driver)
         except Exception:
-            connections.close()
+            logger.warning("Giving back the ordered lock of %s failed; closing its connections.",
+                           self.model.__name__, exc_info=True)  # fmt: skip
+            connections.close(end_sessions=True)
 
     @retry_on_deadlock()
     def _fetch(self, connections: BurstConnections, index: int, burst_count: int) -> Burst:
@@ -225,7 +238,7 @@ class ModelFlusher:
 
         max_attempts = get_max_attempts(self.model, self._max_attempts())
         isolation = Isolation(
-            self.model, self.statement, connections.get(index), send, max_attempts
+            self.model, self.statement, connections.get(index), send, max_attempts, self._describe
         )
         return isolation.run(rows, error)
 
@@ -247,7 +260,9 @@ def _let_go(awake: Awake, connections: BurstConnections) -> None:
     try:
         awake.fall_asleep()
     except Exception:
-        connections.close()
+        logger.warning("Giving back the awake lock failed; closing the connections.",
+                       exc_info=True)  # fmt: skip
+        connections.close(end_sessions=True)
 
 
 def _never() -> bool:

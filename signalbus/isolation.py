@@ -11,8 +11,10 @@ The parts of each level are tried before the halves of those that failed
 only with evidence that the failure is the row's and not the model's: some
 other row of the isolated burst went out. Without it (every part failed, or
 more parts failed before any went out than :data:`PROBES_BEFORE_EVIDENCE`
-plus the levels of halving a burst of its size can have) the original error
-propagates and the model backs off, nothing counted. A burst
+plus the levels of halving a burst of its size can have), or with more
+suspects than one in :data:`MOST_SUSPECTS` rows and more than 3 (the send
+started failing for every row midway), the original error propagates and the model backs
+off, nothing counted. A burst
 of one row is isolated together with the row right behind it, if there is
 one, for that evidence.
 
@@ -37,11 +39,15 @@ from sqlalchemy.exc import DBAPIError
 from .burst import Burst, BurstStatement
 from .errors import OutageError, one_line
 from .model import SignalModel, signal_table
-from .quarantine import forget_failure, forget_stale_failures, record_failure
+from .quarantine import forget_failure, forget_stale_failures, has_quarantine, record_failure
 
-__all__ = ["PROBES_BEFORE_EVIDENCE", "Isolation", "IsolationResult", "is_outage"]
+__all__ = ["MOST_SUSPECTS", "PROBES_BEFORE_EVIDENCE", "Isolation", "IsolationResult", "is_outage"]
 
-logger = logging.getLogger("signalbus.listener")
+logger = logging.getLogger(__name__)
+
+#: More suspects than one in this many rows (and more than 3), and the failure is the
+#: model's: a send that started failing for every row after some went out.
+MOST_SUSPECTS = 10
 
 #: Failed parts allowed before any row went out, on top of one per level of halving
 #: (10 for 1000 rows); one more, and the failure is the model's.
@@ -90,14 +96,20 @@ class Isolation:
         self._result = IsolationResult()
 
     def run(self, rows: Sequence[Any], error: Exception) -> IsolationResult:
-        """Isolate the rows of the failed burst *rows*, whose send raised *error*."""
+        """Isolate the rows of the failed burst *rows*, whose send raised *error*.
+
+        Raises *error* when the failure is the model's, or when the database
+        has no quarantine table (the rows then stay, as before isolation).
+        """
+        with self._connection.begin():
+            if not has_quarantine(self._connection):
+                raise error
+            forget_stale_failures(self._connection, self.model)
         keys = [self._statement.key_of(row) for row in rows]
         if len(keys) == 1:
             keys += self._key_behind(keys[0])
-        with self._connection.begin():
-            forget_stale_failures(self._connection, self.model)
         suspects = self._split(keys, error)
-        if not self._result.sent:
+        if not self._result.sent or len(suspects) > max(3, len(keys) // MOST_SUSPECTS):
             raise error
         for key, failure in suspects:
             self._try_alone(key, failure)
@@ -131,6 +143,9 @@ class Isolation:
     def _send_part(self, keys: Sequence[Key]) -> Exception | None:
         """Send the rows with *keys* still there; return the send's error, unless an outage."""
         burst = self._statement.fetch_keys(self._connection, keys)
+        if not burst.rows:  # another flush has them
+            burst.rollback()
+            return None
         try:
             self._send(burst)
         except Exception as failure:

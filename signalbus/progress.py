@@ -29,6 +29,7 @@ BACKLOG_LINE_ROWS = 10_000
 class _Counts:
     window_rows: int = 0
     window_started: float | None = None
+    last_sent: float | None = None
     backlog_rows: int = 0
     backlog_started: float | None = None
 
@@ -48,8 +49,10 @@ class ProgressLog:
         """*rows* rows of the model named *name* went out (one burst)."""
         now = self._clock()
         counts = self._counts.setdefault(name, _Counts())
-        if counts.window_started is None:
-            counts.window_started = now
+        idle = counts.last_sent is not None and now - counts.last_sent >= PROGRESS_INTERVAL
+        if counts.window_started is None or idle:  # a minute without sends: a new start
+            counts.window_started, counts.window_rows = now, 0
+        counts.last_sent = now
         counts.window_rows += rows
         if counts.backlog_started is None:
             counts.backlog_started = now

@@ -62,6 +62,9 @@ __all__ = [
 #: The name of the quarantine table, in every database that has signal tables.
 QUARANTINE_TABLE = "signalbus_quarantine"
 
+#: The unique index of the attempt records of rows still in their tables.
+OPEN_ROW_INDEX = "signalbus_quarantine_open_row"
+
 
 def quarantine_table(metadata: sa.MetaData) -> sa.Table:
     """Return the quarantine table of *metadata*, defining it there on first use."""
@@ -80,7 +83,15 @@ def quarantine_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("first_failed_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_failed_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("quarantined_at", sa.DateTime(timezone=True)),
-        sa.UniqueConstraint("signal_table", "row_key", name="signalbus_quarantine_row"),
+        # One attempt counter per row still in its table; a key taken again by a new row
+        # once the first is quarantined gets a record of its own.
+        sa.Index(
+            OPEN_ROW_INDEX,
+            "signal_table",
+            "row_key",
+            unique=True,
+            postgresql_where=sa.text("quarantined_at IS NULL"),
+        ),
     )
 
 
@@ -98,8 +109,13 @@ def _row_key(table: sa.Table) -> sa.ColumnElement[Any]:
     """``jsonb_build_object('pk1', pk1, ...)``: the row's key as the quarantine holds it."""
     pairs: list[Any] = []
     for column in table.primary_key.columns:
-        pairs += [sa.literal(column.name), column]
+        pairs += [sa.literal(str(column.name), sa.Text), column]
     return sa.func.jsonb_build_object(*pairs, type_=JSONB)
+
+
+def _row_values(table: sa.Table) -> sa.ColumnElement[Any]:
+    """``to_jsonb(table.*)``: the whole row, even with a column named as its table."""
+    return sa.func.to_jsonb(sa.literal_column(f"{_qualified(table)}.*"), type_=JSONB)
 
 
 def _key_matches(table: sa.Table, key: Sequence[Any]) -> sa.ColumnElement[bool]:
@@ -115,14 +131,15 @@ def record_failure(
 
     Runs in the caller's transaction. Returns the row's attempts so far, or
     ``None`` if the row is no longer in its table (another process sent it).
+    The row is quarantined with its values as deleted, in this transaction.
     """
     table = signal_table(model)
     now = sa.func.now()
     source = sa.select(
         sa.literal(table_key(model)),
         _row_key(table),
-        sa.func.to_jsonb(table.table_valued()),
-        sa.literal(error),
+        _row_values(table),
+        sa.literal(error, sa.Text),
         sa.literal(1),
         now,
         now,
@@ -131,7 +148,8 @@ def record_failure(
                "first_failed_at", "last_failed_at"]  # fmt: skip
     new = insert(_QUARANTINE).from_select(columns, source)
     upsert = new.on_conflict_do_update(
-        constraint="signalbus_quarantine_row",
+        index_elements=["signal_table", "row_key"],
+        index_where=_QUARANTINE.c.quarantined_at.is_(None),
         set_={
             "attempts": _QUARANTINE.c.attempts + 1,
             "last_error": new.excluded.last_error,
@@ -144,10 +162,14 @@ def record_failure(
         return None
     record_id, attempts = recorded
     if attempts >= max_attempts:
-        connection.execute(sa.delete(table).where(_key_matches(table, key)))
-        connection.execute(
-            sa.update(_QUARANTINE).where(_QUARANTINE.c.id == record_id).values(quarantined_at=now)
-        )
+        moved = sa.delete(table).where(_key_matches(table, key)).returning(_row_values(table))
+        values = connection.execute(moved).scalar()
+        record = _QUARANTINE.c.id == record_id
+        if values is None:  # sent by another process since the count: no record to keep
+            connection.execute(sa.delete(_QUARANTINE).where(record))
+            return None
+        parked = {"quarantined_at": now, "row_values": values}
+        connection.execute(sa.update(_QUARANTINE).where(record).values(parked))
     return int(attempts)
 
 
@@ -156,7 +178,10 @@ def forget_failure(connection: Connection, model: SignalModel, key: Sequence[Any
     table = signal_table(model)
     pairs: list[Any] = []
     for column, value in zip(table.primary_key.columns, key, strict=True):
-        pairs += [sa.literal(column.name), sa.cast(sa.literal(value, column.type), column.type)]
+        pairs += [
+            sa.literal(str(column.name), sa.Text),
+            sa.cast(sa.literal(value, column.type), column.type),
+        ]
     connection.execute(
         sa.delete(_QUARANTINE).where(
             _QUARANTINE.c.signal_table == table_key(model),
@@ -249,23 +274,45 @@ def requeue(
     """
     done, conflicts = [], []
     for row in list_quarantined(connection, names, ids):
-        table = _qualified(signal_table(tables[row.signal_table]))
-        inserted = connection.execute(
-            sa.text(
-                # The row's own key, even for a GENERATED ALWAYS identity column.
-                f"INSERT INTO {table} OVERRIDING SYSTEM VALUE"
-                f" SELECT * FROM jsonb_populate_record(NULL::{table},"
-                " (SELECT row_values FROM signalbus_quarantine WHERE id = :id))"
-                " ON CONFLICT DO NOTHING"
-            ),
-            {"id": row.id},
-        ).rowcount
-        if inserted:
+        if _put_back(connection, signal_table(tables[row.signal_table]), row.id):
             connection.execute(sa.delete(_QUARANTINE).where(_QUARANTINE.c.id == row.id))
             done.append(row.id)
         else:
             conflicts.append(row)
     return Requeued(done, conflicts)
+
+
+def _put_back(connection: Connection, table: sa.Table, record_id: int) -> bool:
+    """Insert the quarantined row *record_id* into *table*; false if its key is taken.
+
+    Only the columns it has a value for and that are not generated: a column
+    added since it was quarantined gets its default.
+    """
+    values = connection.execute(
+        sa.select(_QUARANTINE.c.row_values).where(_QUARANTINE.c.id == record_id)
+    ).scalar_one()
+    names = [name for name in _insertable_columns(connection, table) if name in values]
+    columns = ", ".join(_PREPARER.quote(name) for name in names)
+    name = _qualified(table)
+    inserted = connection.execute(
+        sa.text(
+            # The row's own key, even for a GENERATED ALWAYS identity column.
+            f"INSERT INTO {name} ({columns}) OVERRIDING SYSTEM VALUE"
+            f" SELECT {columns} FROM jsonb_populate_record(NULL::{name}, :row_values)"
+            " ON CONFLICT DO NOTHING"
+        ).bindparams(sa.bindparam("row_values", type_=JSONB)),
+        {"row_values": values},
+    ).rowcount
+    return bool(inserted)
+
+
+def _insertable_columns(connection: Connection, table: sa.Table) -> list[str]:
+    """The table's columns in the database that take a value: not dropped, not generated."""
+    query = sa.text(
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(:table)"
+        " AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum"
+    )
+    return list(connection.execute(query, {"table": _qualified(table)}).scalars())
 
 
 def purge(

@@ -29,9 +29,16 @@ def upgrade():
         sa.Column("last_failed_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("quarantined_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("signal_table", "row_key", name="signalbus_quarantine_row"),
+    )
+    op.create_index(
+        "signalbus_quarantine_open_row",
+        "signalbus_quarantine",
+        ["signal_table", "row_key"],
+        unique=True,
+        postgresql_where=sa.text("quarantined_at IS NULL"),
     )
 
 
 def downgrade():
+    op.drop_index("signalbus_quarantine_open_row", table_name="signalbus_quarantine")
     op.drop_table("signalbus_quarantine")

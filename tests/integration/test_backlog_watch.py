@@ -11,7 +11,7 @@ from signalbus.activity import Activity
 from signalbus.backlog import Backlog, measure_backlogs
 from signalbus.backlog_watch import BACKLOG_REFRESH, BacklogWatch
 from signalbus.model import SignalModel
-from tests.models import BatchSignal, SingleSignal, db
+from tests.models import BatchSignal, SingleSignal, db, recorder
 
 pytestmark = pytest.mark.usefixtures("app_context")
 
@@ -72,3 +72,50 @@ def test_oldest_ages_grow_between_measurements() -> None:
     clock.now += 3
     later = watch.current()[BatchSignal].oldest_age
     assert later == pytest.approx(first + 3)
+
+
+def test_quarantined_rows_are_looked_at_again_only_every_minute() -> None:
+    clock, measured = Clock(), list[list[str]]()
+
+    def measure(models: Sequence[SignalModel]) -> dict[SignalModel, Backlog]:
+        measured.append([model.__name__ for model in models])
+        return measure_backlogs(db.signalbus, models)
+
+    db.session.execute(
+        sa.text("INSERT INTO batch_signal (id, payload) SELECT g, 'p' FROM generate_series(1, 5) g")
+    )
+    db.session.commit()
+    recorder.bad.add(3)
+    db.signalbus.flushmany([BatchSignal])
+    activity = Activity(MODELS, ["db"], clock)
+    watch = BacklogWatch(MODELS, measure, activity.take_changed, clock=clock)
+    assert watch.current()[BatchSignal] == Backlog(0, None, quarantined=1)
+    for _ in range(11):  # 55 s of scrapes
+        clock.now += BACKLOG_REFRESH
+        watch.current()
+    assert len(measured) == 1
+    clock.now += BACKLOG_REFRESH  # 60 s
+    watch.current()
+    assert measured[1:] == [["BatchSignal"]]
+
+
+def test_a_failed_measurement_leaves_the_changed_models_due() -> None:
+    clock, failing = Clock(), [False]
+
+    def measure(models: Sequence[SignalModel]) -> dict[SignalModel, Backlog]:
+        if failing[0]:
+            raise RuntimeError("the database is down")
+        return measure_backlogs(db.signalbus, models)
+
+    activity = Activity(MODELS, ["db"], clock)
+    watch = BacklogWatch(MODELS, measure, activity.take_changed, clock=clock)
+    watch.current()
+    db.session.execute(sa.insert(SingleSignal.__table__), [{"message_text": "t"}] * 2)
+    db.session.commit()
+    activity.requested(SingleSignal)
+    failing[0] = True
+    clock.now += BACKLOG_REFRESH
+    assert watch.current()[SingleSignal] == Backlog(0, None)  # the last known value
+    failing[0] = False
+    clock.now += BACKLOG_REFRESH
+    assert watch.current()[SingleSignal] == Backlog(2, None)  # still due, though told once

@@ -130,14 +130,43 @@ def test_an_outage_ends_flushmany_on_one_line_without_traceback(
     assert (pending(app, SingleSignal), pending(app, BatchSignal)) == (2, 3)
 
 
-def test_bad_burst_count_is_reported_without_traceback(
-    app: Flask, invoke, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("command", ["flushmany", "listen"])
+@pytest.mark.parametrize(
+    ("attribute", "value", "message"),
+    [
+        ("signalbus_burst_count", 0, "BatchSignal.signalbus_burst_count must be a positive"),
+        ("signalbus_max_attempts", "5", "BatchSignal.signalbus_max_attempts must be a positive"),
+        ("signalbus_timestamp_column", "payload", "BatchSignal.signalbus_timestamp_column must"),
+    ],
+)
+def test_bad_model_settings_are_refused_before_anything_is_sent(
+    app: Flask,
+    invoke,
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+    attribute: str,
+    value: object,
+    message: str,
 ) -> None:
-    monkeypatch.setattr(BatchSignal, "signalbus_burst_count", 0)
-    result = invoke("flushmany")
+    fill(app)
+    monkeypatch.setattr(BatchSignal, attribute, value, raising=False)
+    result = invoke(command)
     assert result.exit_code == 1
-    assert "BatchSignal.signalbus_burst_count must be a positive integer" in result.output
+    assert message in result.output
     assert "Traceback" not in result.output
+    assert pending(app, SingleSignal) == 3  # nothing sent
+
+
+@pytest.mark.parametrize("command", ["flushmany", "listen"])
+def test_bad_max_attempts_setting_is_refused_before_anything_is_sent(
+    app: Flask, invoke, command: str
+) -> None:
+    fill(app)
+    app.config["SIGNALBUS_MAX_ATTEMPTS"] = 0
+    result = invoke(command)
+    assert result.exit_code == 1
+    assert "SIGNALBUS_MAX_ATTEMPTS must be a positive whole number, not 0" in result.output
+    assert pending(app, SingleSignal) == 3
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "abc"])
