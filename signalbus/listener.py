@@ -41,7 +41,8 @@ as metrics, probes and a status page. The main loop turns at least every
 :data:`TURN_MAX` seconds, so that ``/healthz`` can tell a stuck one.
 
 The listener runs no SQL: its subscriptions ``LISTEN`` and probe, everything
-else goes through the bus and the preflight.
+else goes through the bus, the preflight and the backlog measurement
+(:mod:`signalbus.backlog`).
 """
 
 from __future__ import annotations
