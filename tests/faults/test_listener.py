@@ -216,6 +216,8 @@ def test_password_never_logged_even_across_reconnects(
     listener.wait_ready()
     database.insert("tick", 1)
     wait_until(lambda: database.sent() == [1], what="the first row")
+    # Sent is not committed: cut before the commit, the row would be sent again.
+    wait_until(lambda: not database.pending("tick"), what="the first row's commit")
     # As after a server restart: the LISTEN connection and the pooled ones are gone.
     database.terminate(database.other_backends())
     listener.wait_for_output("Reconnected")
@@ -261,12 +263,17 @@ def test_a_long_database_outage_is_probed_at_short_intervals(
     listener.wait_ready()
     database.insert("tick", 1)
     wait_until(lambda: database.sent() == [1], what="a row before the outage")
+    # Sent is not committed: cut before the commit, the row would be sent again.
+    wait_until(lambda: not database.pending("tick"), what="its commit")
     proxy.go_down()
     listener.wait_for_output("Cannot listen on")
     database.insert("tick", 2, 5)  # their notification is lost with the connection
     time.sleep(OUTAGE_SECONDS)  # the outage itself: long enough for backoffs to grow
     proxy.come_up()
-    wait_until(lambda: sorted(database.sent()) == [1, 2, 3, 4, 5], what="the catch-up")
+    wait_until(
+        lambda: sorted(database.sent()) == [1, 2, 3, 4, 5],
+        what=lambda: f"the catch-up; sent {database.sent()}; the listener said:\n{listener.output}",
+    )
     assert listener.output.count("Cannot listen on") == 1  # said once, retried quietly
     retry = re.compile(r"Retrying to listen on .* in ([\d.]+) s")
     delays = [float(delay) for delay in retry.findall(listener.output)]

@@ -114,7 +114,10 @@ def test_readiness_fails_while_the_database_is_out(
     proxy.come_up()
     wait_until(lambda: probe(base, "readyz")[0] == 200, what="/readyz once back")
     database.insert("tick", 1)
-    wait_until(lambda: database.sent() == [1], what="a row after the outage")
+    wait_until(
+        lambda: database.sent() == [1],
+        what=lambda: f"a row after the outage; the listener said:\n{listener.output}",
+    )
 
 
 def test_a_port_that_is_taken_is_a_one_line_error(
