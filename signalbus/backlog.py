@@ -1,9 +1,10 @@
 """How far behind the signals are: pending rows and the age of the oldest, measured.
 
 One statement per database measures every model of it. Counting a table is
-bounded: at most :data:`PENDING_COUNT_LIMIT` rows are counted (an index scan
-cut short by ``LIMIT``), so a backlog of millions costs what 100,000 rows
-cost, and reads as "at least" that many. The oldest row is the one with the
+bounded: at most :data:`PENDING_COUNT_LIMIT` rows are counted (``SELECT
+count(*) FROM (SELECT 1 FROM t LIMIT n)``: the scan stops at the limit), so a
+backlog of millions costs what 100,000 rows cost, and reads as "at least"
+that many. The oldest row is the one with the
 lowest primary key, the row sent next; its age is read from the model's
 ``signalbus_timestamp_column`` against the database's clock, so clock skew
 between the app's hosts does not enter.
