@@ -25,7 +25,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from .model import SignalModel, get_timestamp_column, signal_table
-from .quarantine import count_by_model, count_quarantined, has_quarantine, table_key
+from .quarantine import count_quarantined, has_quarantine, table_key
+from .quarantine_admin import count_by_model
 from .triggers import TriggerStatus, check_signal_triggers
 
 if TYPE_CHECKING:

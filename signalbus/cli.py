@@ -29,14 +29,14 @@ from .config import (
 )
 from .errors import ConfigurationError, OutageError, failure_details, one_line
 from .model import SignalModel, get_burst_count, get_max_attempts, get_timestamp_column
-from .quarantine import (
+from .quarantine import table_key
+from .quarantine_admin import (
     NotQuarantinedError,
     QuarantineMissingError,
     count_by_model,
     purge_selected,
     quarantined_by_model,
     requeue_selected,
-    table_key,
 )
 from .redaction import Redactor
 

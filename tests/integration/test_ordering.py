@@ -33,7 +33,8 @@ def test_an_ordered_model_is_left_alone_while_another_session_flushes_it(
     assert [row.id for row in recorder.sent] == [1, 2, 3, 4, 5]
     with psycopg.connect(libpq_conninfo(database_url), autocommit=True) as admin:
         [(held,)] = admin.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s::oid",
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s::oid"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             (ORDERED_NAMESPACE,),
         ).fetchall()
     assert held == 0  # the flush gave it back
