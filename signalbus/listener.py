@@ -25,7 +25,9 @@ lost connection is reopened with backoff (at most
 :data:`~signalbus.schedule.OUTAGE_PROBE_MAX` seconds apart, and at once when a
 flush on its database works), its database's pooled connections are dropped,
 and a sweep catches up. Against an idle database a listener runs one
-transaction per sweep interval and one per probe interval.
+transaction per sweep interval and one per probe interval, plus one for the
+session setting of a worker connection that a sweep opens (workers release
+theirs after :data:`~signalbus.worker.IDLE_RELEASE` seconds without work).
 
 :meth:`Listener.stop` (or ``SIGTERM``/``SIGINT``) ends the flushes between two
 bursts; a burst still being sent after :data:`SHUTDOWN_GRACE` seconds is left
