@@ -16,7 +16,6 @@ backlog of a missing table unmeasured: ``flask signalbus status``.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -74,19 +73,12 @@ def measure_backlogs(
     ``signalbus_timestamp_column`` is not a ``DateTime`` column.
     """
     backlogs: dict[SignalModel, Backlog] = {}
-    for engine, group in signalbus.models_by_engine(models).items():
-        statement = _backlog_statement(group)
-        with contextlib.ExitStack() as stack:
-            if connection_to is None:
-                connection = stack.enter_context(engine.connect())
-            else:
-                connection = connection_to(engine)
-            with connection.begin():
-                measured = connection.execute(statement).all()
-                quarantined = _quarantined(connection)
-            for index, pending, oldest_age in measured:
-                model = group[index]
-                backlogs[model] = Backlog(pending, oldest_age, quarantined.get(table_key(model), 0))
+    for group, connection in signalbus.transaction_per_database(models, connection_to):
+        measured = connection.execute(_backlog_statement(group)).all()
+        quarantined = _quarantined(connection)
+        for index, pending, oldest_age in measured:
+            model = group[index]
+            backlogs[model] = Backlog(pending, oldest_age, quarantined.get(table_key(model), 0))
     return backlogs
 
 

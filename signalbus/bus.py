@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import operator
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
@@ -126,6 +126,23 @@ class SignalBus:
         own); otherwise one is taken from the engine's pool.
         """
         found: list[SignalModel] = []
+        for group, connection in self.transaction_per_database(models, connection_to):
+            tables = _tables_with_rows([signal_table(model) for model in group])
+            found += [group[index] for (index,) in connection.execute(tables)]
+        return found
+
+    def transaction_per_database(
+        self,
+        models: Iterable[SignalModel],
+        connection_to: Callable[[Engine], Connection] | None = None,
+    ) -> Iterator[tuple[list[SignalModel], Connection]]:
+        """Yield, for each database of *models*, its models and a connection in a transaction.
+
+        The transaction commits when the next database is asked for (rolls back
+        if the caller raises). *connection_to*, when given, provides the
+        connection to each database; otherwise one is taken from the engine's
+        pool and given back (needs an app context).
+        """
         for engine, group in self.models_by_engine(models).items():
             with contextlib.ExitStack() as stack:
                 if connection_to is None:
@@ -133,9 +150,7 @@ class SignalBus:
                 else:
                     connection = connection_to(engine)
                 with connection.begin():
-                    tables = _tables_with_rows([signal_table(model) for model in group])
-                    found += [group[index] for (index,) in connection.execute(tables)]
-        return found
+                    yield group, connection
 
     def models_by_engine(self, models: Iterable[SignalModel]) -> dict[Engine, list[SignalModel]]:
         """Group *models* by the engine of their database (needs an app context)."""

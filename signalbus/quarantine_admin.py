@@ -140,9 +140,8 @@ def count_by_model(
 ) -> dict[SignalModel, int | None]:
     """How many rows of each of *models* are in quarantine; ``None`` where the table is missing."""
     counts: dict[SignalModel, int | None] = {}
-    for engine, group in signalbus.models_by_engine(models).items():
-        with engine.connect() as connection, connection.begin():
-            by_table = count_quarantined(connection) if has_quarantine(connection) else None
+    for group, connection in signalbus.transaction_per_database(models):
+        by_table = count_quarantined(connection) if has_quarantine(connection) else None
         for model in group:
             counts[model] = None if by_table is None else by_table.get(table_key(model), 0)
     return counts
