@@ -37,7 +37,19 @@ def record(model: type, rows: Sequence[Any]) -> None:
         os.close(fd)
 
 
-class Tick(db.Model):
+class Recorded:
+    """Sends that record every row in the sent file."""
+
+    @classmethod
+    def send_signalbus_message(cls, obj: Any) -> None:
+        record(cls, [obj])
+
+    @classmethod
+    def send_signalbus_messages(cls, objs: Sequence[Any]) -> None:
+        record(cls, objs)
+
+
+class Tick(Recorded, db.Model):
     """A healthy signal, sent in bursts of up to 100; its rows say when they were recorded."""
 
     signalbus_burst_count: ClassVar[int] = 100
@@ -48,30 +60,14 @@ class Tick(db.Model):
         db.DateTime(timezone=True), nullable=False, server_default=db.func.clock_timestamp()
     )
 
-    @classmethod
-    def send_signalbus_message(cls, obj: Any) -> None:
-        record(cls, [obj])
 
-    @classmethod
-    def send_signalbus_messages(cls, objs: Sequence[Any]) -> None:
-        record(cls, objs)
-
-
-class Ordered(db.Model):
+class Ordered(Recorded, db.Model):
     """A signal whose rows must go out strictly in key order, in bursts of up to 20."""
 
     signalbus_ordered: ClassVar[bool] = True
     signalbus_burst_count: ClassVar[int] = 20
 
     id = db.Column(db.BigInteger, primary_key=True)
-
-    @classmethod
-    def send_signalbus_message(cls, obj: Any) -> None:
-        record(cls, [obj])
-
-    @classmethod
-    def send_signalbus_messages(cls, objs: Sequence[Any]) -> None:
-        record(cls, objs)
 
 
 class Flaky(db.Model):
